@@ -1,1 +1,178 @@
+//! The embedded SQLite adapter of the storage port, the default backend.
+//!
+//! Shape, and why:
+//! - **One writer thread** owns the only write connection. Every write operation is a job sent to it; it
+//!   runs the lifecycle rules inside the transaction, so all writes are serialized and the per-key
+//!   atomicity of the port holds trivially (SQLite has a single writer anyway). `BEGIN IMMEDIATE` and a
+//!   busy timeout keep that true even if a second process opens the same file.
+//! - **Group commit.** The writer takes every job already queued (up to a bound) into one transaction, each
+//!   job in its own savepoint, and commits once: one fsync for the batch instead of one per request. A job
+//!   is answered only after the commit is durable (`synchronous=FULL`), and a failed commit fails every job
+//!   in the batch, so nothing acknowledged is lost.
+//! - **Readers** use their own connections (WAL lets them run beside the writer) on the blocking pool.
+//! - **The database is the final guard**: a partial unique index refuses a second open record per key.
 
+mod read;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use lifecycle::{IdNumber, Matching, Product, RecordType};
+use rusqlite::{Connection, OpenFlags};
+use store::{
+    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
+    StoreError,
+};
+use tokio::sync::{mpsc, oneshot};
+
+pub use schema::MIGRATIONS;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub matching: Matching,
+    /// Most jobs one transaction takes (group commit).
+    pub max_batch: usize,
+    /// Jobs waiting for the writer before callers wait for room (back-pressure).
+    pub queue: usize,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), matching: Matching::default(), max_batch: 256, queue: 4096 }
+    }
+}
+
+/// Why the store could not be opened. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the folder {path}: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the SQLite database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot migrate the SQLite database {path}: {source}")]
+    Migrate { path: PathBuf, source: rusqlite::Error },
+    #[error("the database {path} was created with schema version {found}, newer than this binary's {known}")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("the database {path} uses matching {stored}, but the configuration asks for {configured}; matching cannot change on an existing store")]
+    MatchingChanged { path: PathBuf, stored: String, configured: &'static str },
+}
+
+/// The embedded store. Cheap to share behind an `Arc`; [`SqliteStore::shutdown`] drains the writer.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<writer::Job>,
+    readers: Arc<read::Readers>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn connect(path: &Path) -> Result<Connection, OpenError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+    // WAL: readers never block the writer; FULL: a commit is on disk before it is acknowledged.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+    Ok(conn)
+}
+
+fn ensure_folder(path: &Path) -> Result<(), OpenError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|source| OpenError::Folder { path: dir.to_owned(), source }),
+        _ => Ok(()),
+    }
+}
+
+/// Applies the embedded migrations that `path` lacks (creating the file if need be) and returns how many
+/// were applied. `integration-service migrate` calls this; [`SqliteStore::open`] does too.
+pub fn migrate(path: &Path) -> Result<usize, OpenError> {
+    ensure_folder(path)?;
+    let mut conn = connect(path)?;
+    schema::migrate(&mut conn, path)
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) and migrates the database, then starts the writer thread.
+    pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
+        ensure_folder(&config.path)?;
+        let mut conn = connect(&config.path)?;
+        schema::migrate(&mut conn, &config.path)?;
+        schema::check_matching(&conn, &config.path, config.matching)?;
+        let (jobs, queue) = mpsc::channel(config.queue.max(1));
+        let settings = writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1) };
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer::run(conn, queue, settings))
+            .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
+        let readers = Arc::new(read::Readers::new(config.path.clone()));
+        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
+    pub fn shutdown(self) {
+        let Self { jobs, writer, .. } = self;
+        drop(jobs);
+        if let Some(handle) = writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Job) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(make(tx)).await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
+        rx.await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
+        let (request, ctx) = (request.clone(), ctx.clone());
+        self.submit(|reply| writer::Job::Create { request, ctx, reply }).await
+    }
+
+    async fn close_won(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        convert: bool,
+        ctx: &RequestContext,
+    ) -> Result<CloseWonOutcome, StoreError> {
+        let (id, ctx) = (id.to_owned(), ctx.clone());
+        self.submit(|reply| writer::Job::CloseWon { record_type, id, convert, ctx, reply }).await
+    }
+
+    async fn close_lost(&self, record_type: RecordType, id: &str, ctx: &RequestContext) -> Result<RecordRef, StoreError> {
+        let (id, ctx) = (id.to_owned(), ctx.clone());
+        self.submit(|reply| writer::Job::CloseLost { record_type, id, ctx, reply }).await
+    }
+
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {
+        let id = id.to_owned();
+        self.readers.run(move |conn| read::get(conn, record_type, &id)).await
+    }
+
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError> {
+        let (id_number, product) = (id_number.clone(), product.cloned());
+        self.readers.run(move |conn| read::search(conn, &id_number, product.as_ref())).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::unavailable("the SQLite writer has stopped"));
+        }
+        self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(read::error)).await
+    }
+}

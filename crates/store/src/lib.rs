@@ -1,1 +1,168 @@
+//! The storage port: what the HTTP layer asks of a backend, and what every backend (embedded SQLite,
+//! PostgreSQL, Salesforce) implements.
+//!
+//! An adapter owns atomicity: for each operation it takes the lock or transaction of the matching key,
+//! reads the snapshot the lifecycle rules ask for, calls [`lifecycle::plan_create`] (or its close
+//! siblings) and executes the returned plan before it lets go. No adapter re-implements a rule.
+//!
+//! The [`contract`] module (feature `contract`) is the one behaviour suite every adapter's tests run.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lifecycle::{
+    Channel, Cif, CreateResult, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product,
+    Reason, RecordId, RecordType, Status,
+};
+use time::OffsetDateTime;
+
+pub use lifecycle::CreateRequest;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+
+/// Who asked, for the history of every status change (SPEC §1).
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub channel: Channel,
+    pub reason: Option<Reason>,
+}
+
+/// The answer to a create (SPEC §2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOutcome {
+    pub result: CreateResult,
+    pub record_type: RecordType,
+    pub id: RecordId,
+    pub status: Status,
+    pub owner_id: OwnerId,
+    /// What this call set to `Close Lost`; empty unless `REPLACED`.
+    pub closed_record_ids: Vec<RecordId>,
+}
+
+/// A record's id and status, as the close operations answer them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef {
+    pub id: RecordId,
+    pub status: Status,
+}
+
+/// The answer to a close-won (SPEC §2.2): the lead (if the target was one) and the opportunity (the target,
+/// or the one converted from the lead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseWonOutcome {
+    pub lead: Option<RecordRef>,
+    pub opportunity: Option<RecordRef>,
+}
+
+/// One record with every field of SPEC §1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: RecordId,
+    pub record_type: RecordType,
+    pub status: Status,
+    pub owner_id: OwnerId,
+    pub customer_type: CustomerType,
+    pub id_number: IdNumber,
+    pub cif: Option<Cif>,
+    pub full_name: Option<FullName>,
+    pub phone: Option<Phone>,
+    pub email: Option<Email>,
+    pub product: Product,
+    pub channel: Channel,
+    pub journey_id: Option<JourneyId>,
+    pub converted_opportunity_id: Option<RecordId>,
+    pub converted_from_lead_id: Option<RecordId>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// One status change (SPEC §1). `from` is `None` at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub from: Option<Status>,
+    pub to: Status,
+    pub at: OffsetDateTime,
+    pub request_id: String,
+    pub channel: Channel,
+    pub reason: Option<Reason>,
+}
+
+/// A record and its history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWithHistory {
+    pub record: Record,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Every record of one customer (and product), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchResult {
+    pub leads: Vec<Record>,
+    pub opportunities: Vec<Record>,
+}
+
+/// How an operation can fail. Rejections the lifecycle makes are variants too, so the HTTP layer maps
+/// them in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No record of that type with that id. HTTP 404 `NOT_FOUND`.
+    #[error("no such record")]
+    NotFound,
+    /// The lifecycle forbids the change (a final record). HTTP 409 `INVALID_TRANSITION`.
+    #[error("the record is {} and cannot change", .current.as_str())]
+    InvalidTransition { current: Status },
+    /// The backend does not know this relationship manager's code. HTTP 422 naming `ownerId`.
+    #[error("unknown owner")]
+    UnknownOwner,
+    /// The backend is down, overloaded or rate-limited; nothing was changed. HTTP 503 `BACKEND_UNAVAILABLE`
+    /// with `Retry-After`.
+    #[error("backend unavailable")]
+    Unavailable {
+        retry_after: Duration,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bug or corrupt data; the cause goes to the log, never to the client. HTTP 500 `INTERNAL`.
+    #[error("internal store error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable { retry_after: Duration::from_secs(1), source: e.into() }
+    }
+}
+
+/// The storage port. Every write is atomic per matching key and durable once it returns `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// SPEC §2.1: decide with [`lifecycle::plan_create`] and execute, atomically for the request's key.
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError>;
+
+    /// SPEC §2.2: `Close Won`, converting a lead when `convert` is true.
+    async fn close_won(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        convert: bool,
+        ctx: &RequestContext,
+    ) -> Result<CloseWonOutcome, StoreError>;
+
+    /// SPEC §2.3 / §2.4: `Close Lost`. Returns the record's status afterwards.
+    async fn close_lost(&self, record_type: RecordType, id: &str, ctx: &RequestContext)
+        -> Result<RecordRef, StoreError>;
+
+    /// SPEC §3: one record with its history, `None` when unknown.
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError>;
+
+    /// SPEC §3: every record of a customer (and product), newest first.
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError>;
+
+    /// Whether the backend answers, for `/health/ready`.
+    async fn ready(&self) -> Result<(), StoreError>;
+}

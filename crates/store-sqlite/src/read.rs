@@ -1,0 +1,176 @@
+//! Reading records back: row mapping, timestamps, the reader connections, and error translation.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use lifecycle::{
+    Channel, Cif, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product, Reason, RecordType,
+    Status,
+};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+use store::{HistoryEntry, Record, RecordWithHistory, SearchResult, StoreError};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+/// Fixed-width UTC timestamps (RFC 3339, microseconds), so text order is time order.
+const TIME: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+pub(crate) fn format_time(t: OffsetDateTime) -> String {
+    t.format(TIME).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
+    PrimitiveDateTime::parse(s, TIME).map(PrimitiveDateTime::assume_utc).map_err(StoreError::internal)
+}
+
+/// SQLite's failures in the port's terms: a busy, full or failing disk is the backend being unavailable
+/// (503, retry later); anything else is a bug or corruption (500).
+pub(crate) fn error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::OutOfMemory
+            | ErrorCode::ReadOnly,
+        ) => StoreError::unavailable(e),
+        _ => StoreError::internal(e),
+    }
+}
+
+/// Connections for reads, opened on demand and kept for reuse.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path, idle: Mutex::new(Vec::new()) }
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(error)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    pub(crate) async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = me.take()?;
+            let result = f(&conn);
+            if let Ok(mut idle) = me.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(StoreError::internal)?
+    }
+}
+
+const COLUMNS: &str = "id, record_type, status, owner_id, customer_type, id_number, cif, full_name, phone, email,
+    product, channel, journey_id, converted_opportunity_id, converted_from_lead_id, created_at, updated_at";
+
+fn opt<T>(v: Option<String>, parse: impl Fn(&str) -> Result<T, lifecycle::Invalid>) -> Result<Option<T>, StoreError> {
+    v.map(|s| parse(&s).map_err(StoreError::internal)).transpose()
+}
+
+fn record(r: &Row<'_>) -> Result<Record, StoreError> {
+    let text = |i: usize| r.get::<_, String>(i).map_err(error);
+    let maybe = |i: usize| r.get::<_, Option<String>>(i).map_err(error);
+    let bad = StoreError::internal;
+    Ok(Record {
+        id: text(0)?,
+        record_type: RecordType::parse(&text(1)?).map_err(bad)?,
+        status: Status::parse(&text(2)?).map_err(bad)?,
+        owner_id: OwnerId::parse(&text(3)?).map_err(bad)?,
+        customer_type: CustomerType::parse(&text(4)?).map_err(bad)?,
+        id_number: IdNumber::parse(&text(5)?).map_err(bad)?,
+        cif: opt(maybe(6)?, Cif::parse)?,
+        full_name: opt(maybe(7)?, FullName::parse)?,
+        phone: opt(maybe(8)?, Phone::parse)?,
+        email: opt(maybe(9)?, Email::parse)?,
+        product: Product::parse(&text(10)?).map_err(bad)?,
+        channel: Channel::parse(&text(11)?).map_err(bad)?,
+        journey_id: opt(maybe(12)?, JourneyId::parse)?,
+        converted_opportunity_id: maybe(13)?,
+        converted_from_lead_id: maybe(14)?,
+        created_at: parse_time(&text(15)?)?,
+        updated_at: parse_time(&text(16)?)?,
+    })
+}
+
+fn history_entry(r: &Row<'_>) -> Result<HistoryEntry, StoreError> {
+    let bad = StoreError::internal;
+    Ok(HistoryEntry {
+        from: opt(r.get(0).map_err(error)?, Status::parse)?,
+        to: Status::parse(&r.get::<_, String>(1).map_err(error)?).map_err(bad)?,
+        at: parse_time(&r.get::<_, String>(2).map_err(error)?)?,
+        request_id: r.get(3).map_err(error)?,
+        channel: Channel::parse(&r.get::<_, String>(4).map_err(error)?).map_err(bad)?,
+        reason: opt(r.get(5).map_err(error)?, Reason::parse)?,
+    })
+}
+
+pub(crate) fn get(conn: &Connection, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE id = ?1 AND record_type = ?2"))
+        .map_err(error)?;
+    let Some(record) = stmt
+        .query_row(params![id, record_type.as_str()], |r| Ok(record(r)))
+        .optional()
+        .map_err(error)?
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT from_status, to_status, at, request_id, channel, reason FROM history
+             WHERE record_id = ?1 ORDER BY seq",
+        )
+        .map_err(error)?;
+    let mut rows = stmt.query([id]).map_err(error)?;
+    let mut history = Vec::new();
+    while let Some(r) = rows.next().map_err(error)? {
+        history.push(history_entry(r)?);
+    }
+    Ok(Some(RecordWithHistory { record, history }))
+}
+
+pub(crate) fn search(conn: &Connection, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM records
+             WHERE id_number = ?1 AND (?2 IS NULL OR product = ?2)
+             ORDER BY seq DESC"
+        ))
+        .map_err(error)?;
+    let mut rows = stmt.query(params![id_number.expose(), product.map(Product::as_str)]).map_err(error)?;
+    let mut result = SearchResult::default();
+    while let Some(r) = rows.next().map_err(error)? {
+        let rec = record(r)?;
+        match rec.record_type {
+            RecordType::Lead => result.leads.push(rec),
+            RecordType::Opportunity => result.opportunities.push(rec),
+        }
+    }
+    Ok(result)
+}
