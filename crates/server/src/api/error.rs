@@ -1,0 +1,167 @@
+//! The one API error type and its RFC 9457 problem+json rendering (SPEC §4).
+//!
+//! Handlers return [`ApiError`]; domain and store errors convert into it here and nowhere else. The body of
+//! a 5xx never carries internals: the cause chain goes to the log, under the request's id.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use store::StoreError;
+use utoipa::ToSchema;
+
+use super::request_id;
+
+/// One offending field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field's path in the request body, e.g. `customer.idNumber`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// A URI naming the kind of problem: `urn:integration-service:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `VALIDATION_FAILED`.
+    #[schema(example = "VALIDATION_FAILED")]
+    pub code: String,
+    /// Every offending field (empty unless the request broke a rule).
+    pub errors: Vec<FieldError>,
+    /// The id of the request, as in its `X-Request-Id` header and the logs.
+    pub request_id: String,
+}
+
+/// Everything an API call can answer besides success, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `MALFORMED_REQUEST`: the body is not JSON (or the path cannot be read).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: the body is not `application/json`.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// 413 `PAYLOAD_TOO_LARGE`: the body is over 64 KiB.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 422 `VALIDATION_FAILED`: well-formed JSON that breaks a rule; lists every offending field.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// 404 `NOT_FOUND`: unknown record or path.
+    #[error("not found")]
+    NotFound(&'static str),
+    /// 404 `NOT_FOUND`: no such path.
+    #[error("no route")]
+    NoRoute,
+    /// 405 `METHOD_NOT_ALLOWED`: the path exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409 `INVALID_TRANSITION`: a status change the lifecycle forbids.
+    #[error("invalid transition")]
+    InvalidTransition(String),
+    /// 503 `BACKEND_UNAVAILABLE`: the store is down or overloaded; nothing was changed. Sets `Retry-After`.
+    #[error("backend unavailable")]
+    Unavailable { retry_after: Duration },
+    /// 500 `INTERNAL`: a bug. The cause is logged, never sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", "Malformed request"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Payload too large"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED", "Validation failed"),
+            Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed"),
+            Self::InvalidTransition(_) => (StatusCode::CONFLICT, "INVALID_TRANSITION", "Invalid transition"),
+            Self::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE", "Backend unavailable")
+            }
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error"),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::Malformed(why) => format!("The request body is not valid JSON: {why}"),
+            Self::UnsupportedMediaType => "The request body must be sent as Content-Type: application/json.".into(),
+            Self::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
+            Self::Validation(errors) => format!("{} field(s) break the contract; see errors.", errors.len()),
+            Self::NotFound(what) => format!("No {what} has that id."),
+            Self::NoRoute => "There is nothing at this path; the API is described at /docs.".into(),
+            Self::MethodNotAllowed => "This path does not accept that method.".into(),
+            Self::InvalidTransition(why) => why.clone(),
+            Self::Unavailable { .. } => "The CRM backend is unavailable; nothing was changed. Retry later.".into(),
+            Self::Internal => "An internal error occurred; it has been logged under this request id.".into(),
+        }
+    }
+
+    /// A single-field validation error.
+    pub fn field(field: &str, message: &str) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// Store errors, with the record type for the 404's wording.
+    pub fn from_store(e: StoreError, what: &'static str) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound(what),
+            StoreError::InvalidTransition { current } => {
+                Self::InvalidTransition(format!("The {what} is {} and can no longer change.", current.as_str()))
+            }
+            StoreError::UnknownOwner => Self::field("ownerId", "is not a relationship manager the CRM knows"),
+            StoreError::Unavailable { retry_after, source } => {
+                tracing::warn!(error = %source, "store unavailable");
+                Self::Unavailable { retry_after }
+            }
+            StoreError::Internal(source) => {
+                tracing::error!(error = %source, cause = ?source, "store failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let problem = Problem {
+            kind: format!("urn:integration-service:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: code.into(),
+            errors: match &self {
+                Self::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+            request_id: request_id::current().unwrap_or_default(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Self::Unavailable { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,77 @@
+//! The request-body edge: content type, size and JSON syntax, in that order (415, 413, 400). What passes
+//! is a `serde_json::Value` for [`super::fields`] to validate field by field (422).
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// The largest request body (SPEC §2): 64 KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body, checked for content type, size and syntax.
+pub struct JsonBody(pub Value);
+
+fn is_json(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    // JSON is UTF-8 (RFC 8259); a different declared charset is refused rather than misread.
+    parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    })
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !is_json(content_type) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::Malformed("the body could not be read".into())
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::Malformed(e.to_string()))
+    }
+}
+
+/// A path segment (a record id), whose rejection is a problem document like every other error.
+pub struct RecordIdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RecordIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| RecordIdPath(id))
+            .map_err(|e: PathRejection| ApiError::Malformed(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_types() {
+        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8", "application/json;charset=\"UTF-8\""] {
+            assert!(super::is_json(ok), "{ok}");
+        }
+        for bad in ["", "text/plain", "application/jsonx", "application/json; charset=latin1", "application/x-www-form-urlencoded"] {
+            assert!(!super::is_json(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The operations of SPEC §2–3. Each handler parses its body at the edge, calls the store port once, and
+//! shapes the answer; the rules themselves run inside the store's atomic step.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lifecycle::RecordType;
+use store::RequestContext;
+
+use super::dto::*;
+use super::error::{ApiError, Problem};
+use super::extract::{JsonBody, RecordIdPath};
+use super::{request_id, AppState, API_INT};
+
+fn context(channel: lifecycle::Channel, reason: Option<lifecycle::Reason>) -> RequestContext {
+    RequestContext { request_id: request_id::current().unwrap_or_default(), channel, reason }
+}
+
+fn what(record_type: RecordType) -> &'static str {
+    match record_type {
+        RecordType::Lead => "lead",
+        RecordType::Opportunity => "opportunity",
+    }
+}
+
+/// Create or reuse a Lead (NTB) or an Opportunity (ETB), handing over when the RM changes.
+#[utoipa::path(
+    post, path = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", tag = "lifecycle",
+    request_body = CreateRequestDto,
+    responses(
+        (status = 201, description = "CREATED or REPLACED", body = CreateResponse),
+        (status = 200, description = "EXISTING: an open record of the same RM", body = CreateResponse),
+        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule; `errors` names every field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let request = parse_create(&body)?;
+    let ctx = context(request.channel.clone(), None);
+    let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
+    let response = CreateResponse::from(outcome);
+    if !response.is_new() {
+        return Ok((StatusCode::OK, Json(response)).into_response());
+    }
+    let kind = if response.record_type == RecordType::Lead.as_str() { "leads" } else { "opportunities" };
+    let location = format!("{API_INT}/{kind}/{}", response.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(response)).into_response())
+}
+
+/// Close Won a Lead (converting it into an Opportunity by default) or an Opportunity.
+#[utoipa::path(
+    post, path = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", tag = "lifecycle",
+    request_body = CloseWonRequestDto,
+    responses(
+        (status = 200, description = "Close Won (or already was: same body as the first time)", body = CloseWonResponse),
+        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Lost", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn close_won(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<CloseWonResponse>, ApiError> {
+    let cmd = parse_close_won(&body)?;
+    let ctx = context(cmd.channel, cmd.reason);
+    let outcome = state
+        .store
+        .close_won(cmd.record_type, &cmd.id, cmd.convert, &ctx)
+        .await
+        .map_err(|e| ApiError::from_store(e, what(cmd.record_type)))?;
+    Ok(Json(outcome.into()))
+}
+
+/// Close Lost an Opportunity (rejected by the credit bureau or AML checks).
+#[utoipa::path(
+    post, path = "/integration-service/api/crm/v1/update-opportunity-status", tag = "lifecycle",
+    request_body = CloseLostOpportunityRequestDto,
+    responses(
+        (status = 200, description = "Close Lost (or already was)", body = CloseLostOpportunityResponse),
+        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Won", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn close_lost_opportunity(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CloseLostOpportunityResponse>, ApiError> {
+    let cmd = parse_close_lost(&body, "opportunityId")?;
+    let ctx = context(cmd.channel, cmd.reason);
+    let r = state
+        .store
+        .close_lost(RecordType::Opportunity, &cmd.id, &ctx)
+        .await
+        .map_err(|e| ApiError::from_store(e, "opportunity"))?;
+    Ok(Json(CloseLostOpportunityResponse { opportunity_id: r.id, status: r.status.as_str() }))
+}
+
+/// Close Lost a Lead (an NTB customer rejected by the credit bureau or AML checks).
+#[utoipa::path(
+    post, path = "/integration-service/api/crm/v1/update-lead-status", tag = "lifecycle",
+    request_body = CloseLostLeadRequestDto,
+    responses(
+        (status = 200, description = "Close Lost (or already was)", body = CloseLostLeadResponse),
+        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Won", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn close_lost_lead(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CloseLostLeadResponse>, ApiError> {
+    let cmd = parse_close_lost(&body, "leadId")?;
+    let ctx = context(cmd.channel, cmd.reason);
+    let r = state.store.close_lost(RecordType::Lead, &cmd.id, &ctx).await.map_err(|e| ApiError::from_store(e, "lead"))?;
+    Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
+}
+
+async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Result<Json<RecordDto>, ApiError> {
+    let found = state.store.get(record_type, id).await.map_err(|e| ApiError::from_store(e, what(record_type)))?;
+    found.map(|r| Json(r.into())).ok_or(ApiError::NotFound(what(record_type)))
+}
+
+/// A lead with its history, oldest first.
+#[utoipa::path(
+    get, path = "/integration-service/int/api/crm/v1/leads/{id}", tag = "reading",
+    params(("id" = String, Path, description = "The lead's id")),
+    responses(
+        (status = 200, description = "The lead", body = RecordDto),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_lead(State(state): State<AppState>, RecordIdPath(id): RecordIdPath) -> Result<Json<RecordDto>, ApiError> {
+    get_record(&state, RecordType::Lead, &id).await
+}
+
+/// An opportunity with its history, oldest first.
+#[utoipa::path(
+    get, path = "/integration-service/int/api/crm/v1/opportunities/{id}", tag = "reading",
+    params(("id" = String, Path, description = "The opportunity's id")),
+    responses(
+        (status = 200, description = "The opportunity", body = RecordDto),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_opportunity(
+    State(state): State<AppState>,
+    RecordIdPath(id): RecordIdPath,
+) -> Result<Json<RecordDto>, ApiError> {
+    get_record(&state, RecordType::Opportunity, &id).await
+}
+
+/// Every record of a customer (and product), newest first, without history.
+#[utoipa::path(
+    post, path = "/integration-service/int/api/crm/v1/search", tag = "reading",
+    request_body = SearchRequestDto,
+    responses(
+        (status = 200, description = "Matching records", body = SearchResponse),
+        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<SearchResponse>, ApiError> {
+    let (id_number, product) = parse_search(&body)?;
+    let result = state.store.search(&id_number, product.as_ref()).await.map_err(|e| ApiError::from_store(e, "record"))?;
+    Ok(Json(result.into()))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn live() -> Json<Health> {
+    Json(Health { status: "UP" })
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(
+    get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "The store does not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.store.ready().await.map_err(|e| ApiError::from_store(e, "record"))?;
+    Ok(Json(Health { status: "UP" }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NoRoute
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+

@@ -1,0 +1,84 @@
+//! The HTTP layer: routes at the exact paths of SPEC §2–3 (two with `/int/`, two without), the middleware
+//! stack, and the OpenAPI 3.1 document generated from the handlers' annotations.
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod fields;
+pub mod handlers;
+pub mod request_id;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use error::ApiError;
+
+/// Prefix of the internal operations (create, close-won, reads).
+pub const API_INT: &str = "/integration-service/int/api/crm/v1";
+/// Prefix of the close-lost operations, which have no `/int` segment (SPEC §2.3–2.4).
+pub const API_PUBLIC: &str = "/integration-service/api/crm/v1";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "integration-service",
+        description = "Keeps the lead/opportunity lifecycle right between a bank's digital channels and its CRM. \
+            Every error is RFC 9457 application/problem+json; every response carries X-Request-Id.",
+    ),
+    paths(
+        handlers::create, handlers::close_won, handlers::close_lost_opportunity, handlers::close_lost_lead,
+        handlers::get_lead, handlers::get_opportunity, handlers::search, handlers::live, handlers::ready,
+    ),
+    tags(
+        (name = "lifecycle", description = "The four operations channels call"),
+        (name = "reading", description = "Records and their history"),
+        (name = "operations", description = "Health"),
+    )
+)]
+pub struct ApiDoc;
+
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::Internal.into_response()
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(&format!("{API_INT}/combo-create-lead-opportunity"), post(handlers::create))
+        .route(&format!("{API_INT}/combo-update-lead-opportunity"), post(handlers::close_won))
+        .route(&format!("{API_PUBLIC}/update-opportunity-status"), post(handlers::close_lost_opportunity))
+        .route(&format!("{API_PUBLIC}/update-lead-status"), post(handlers::close_lost_lead))
+        .route(&format!("{API_INT}/leads/{{id}}"), get(handlers::get_lead))
+        .route(&format!("{API_INT}/opportunities/{{id}}"), get(handlers::get_opportunity))
+        .route(&format!("{API_INT}/search"), post(handlers::search))
+        .route("/health/live", get(handlers::live))
+        .route("/health/ready", get(handlers::ready))
+        .with_state(state);
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
+    Router::new()
+        .merge(api)
+        .merge(docs)
+        .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(request_id::layer))
+}
+

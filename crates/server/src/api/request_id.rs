@@ -1,0 +1,70 @@
+//! Request ids and the per-request log line.
+//!
+//! Every response carries `X-Request-Id`: the caller's if it sent a valid one (1–128 of
+//! `A-Z a-z 0-9 . _ : -`), else a new UUID. The id is held in a task-local for the request's lifetime, so
+//! problem documents, history rows and every log line of the request (through its span) carry the same id.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, inside a request.
+pub fn current() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+fn valid(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Middleware: assigns the id, opens the request's span (matched route, never the raw path, which may
+/// carry a record id), logs one line when the response is ready, and echoes the id.
+pub async fn layer(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let started = Instant::now();
+    let header = HeaderValue::from_str(&id).ok();
+    let mut response = REQUEST_ID.scope(id, next.run(request).instrument(span.clone())).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
+    if let Some(h) = header {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), h);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn validity() {
+        assert!(super::valid("abc-123_x.y:z"));
+        assert!(!super::valid(""));
+        assert!(!super::valid("has space"));
+        assert!(!super::valid(&"a".repeat(129)));
+        assert!(!super::valid("ünï"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Settings, layered: built-in defaults, then the `--config` TOML file, then `CRM_*` environment
+//! variables, then command-line flags (clap resolves the last two: a flag beats its variable).
+//! Everything is validated here, once; a bad value stops start-up with one line naming the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use lifecycle::Matching;
+use serde::Deserialize;
+
+/// Where records live, from `--store` / `CRM_STORE` / `store =`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH`: the embedded store (the default, `sqlite://./data/crm.db`).
+    Sqlite(PathBuf),
+    /// `postgres://…`: several replicas on one database.
+    Postgres(String),
+    /// `salesforce`: the CRM itself, through its REST API.
+    Salesforce,
+}
+
+impl StoreUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, for example sqlite://./data/crm.db".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(s.to_owned()));
+        }
+        if s == "salesforce" {
+            return Ok(Self::Salesforce);
+        }
+        Err("must be sqlite://PATH, postgres://… or salesforce".into())
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Short human-readable lines.
+    Compact,
+}
+
+/// The validated settings the application runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub store: StoreUrl,
+    pub matching: Matching,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Most write jobs the embedded store commits in one transaction.
+    pub sqlite_max_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            store: StoreUrl::Sqlite(PathBuf::from("./data/crm.db")),
+            matching: Matching::IdNumberAndProduct,
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+            sqlite_max_batch: 256,
+        }
+    }
+}
+
+/// The `--config` file. Unknown keys are refused, so a typo is an error rather than a silent default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    pub matching: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_filter: Option<String>,
+    pub sqlite_max_batch: Option<usize>,
+}
+
+/// Values from the environment or the command line, which override the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "CRM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// sqlite://PATH, postgres://… or salesforce [default: sqlite://./data/crm.db]
+    #[arg(long, env = "CRM_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// TOML file with further settings (listen, store, matching, log_format, log_filter, sqlite_max_batch)
+    #[arg(long, env = "CRM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log line format [default: json]
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A setting that stops start-up. Its `Display` is the one line the operator sees.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {message}")]
+pub struct ConfigError {
+    pub name: String,
+    pub message: String,
+}
+
+fn bad(name: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError { name: name.to_owned(), message: message.to_string() }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let name = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&name, e))?;
+    toml::from_str(&text).map_err(|e| bad(&name, e.message()))
+}
+
+impl Settings {
+    /// Layers defaults, the file named by `overrides.config`, then the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let mut s = Settings::default();
+        if let Some(v) = overrides.listen.as_ref().or(file.listen.as_ref()) {
+            s.listen = v.parse().map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = overrides.store.as_ref().or(file.store.as_ref()) {
+            s.store = StoreUrl::parse(v).map_err(|e| bad("store (--store, CRM_STORE)", e))?;
+        }
+        if let Some(v) = &file.matching {
+            s.matching = Matching::parse(v).map_err(|e| bad("matching", e))?;
+        }
+        if let Some(v) = overrides.log_format.or(file.log_format) {
+            s.log_format = v;
+        }
+        if let Some(v) = file.log_filter {
+            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("log_filter", e))?;
+            s.log_filter = v;
+        }
+        if let Some(v) = file.sqlite_max_batch {
+            if v == 0 || v > 10_000 {
+                return Err(bad("sqlite_max_batch", "must be 1-10000"));
+            }
+            s.sqlite_max_batch = v;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::load(&Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.store, StoreUrl::Sqlite("./data/crm.db".into()));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_bad_values_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n").unwrap();
+        let mut o = Overrides { config: Some(file.clone()), ..Default::default() };
+        let s = Settings::load(&o).unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.store, StoreUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(s.matching, Matching::IdNumber);
+        o.listen = Some("127.0.0.1:7000".into());
+        assert_eq!(Settings::load(&o).unwrap().listen.to_string(), "127.0.0.1:7000");
+
+        o.listen = Some("nonsense".into());
+        let e = Settings::load(&o).unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("nonsense"), "{e}");
+        o.listen = None;
+        o.store = Some("mysql://x".into());
+        assert!(Settings::load(&o).unwrap_err().to_string().contains("store"));
+
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        o.store = None;
+        let e = Settings::load(&o).unwrap_err().to_string();
+        assert!(e.contains("--config") && e.contains("lisen"), "{e}");
+    }
+}

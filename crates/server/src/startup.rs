@@ -1,0 +1,121 @@
+//! Building and running the application: the store chosen by the settings, the listener, the router, and
+//! graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use store::Store;
+use store_sqlite::{SqliteConfig, SqliteStore};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::{Settings, StoreUrl};
+
+/// Why the application could not start. Each message is one line naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Sqlite(#[from] store_sqlite::OpenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("store {0}: this backend is not available in this build yet; use sqlite://PATH")]
+    Unsupported(&'static str),
+}
+
+/// The backend, kept concrete so shutdown can drain it.
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+}
+
+impl Backend {
+    fn open(settings: &Settings) -> Result<Self, StartError> {
+        match &settings.store {
+            StoreUrl::Sqlite(path) => {
+                let mut config = SqliteConfig::new(path);
+                config.matching = settings.matching;
+                config.max_batch = settings.sqlite_max_batch;
+                Ok(Self::Sqlite(Arc::new(SqliteStore::open(config)?)))
+            }
+            StoreUrl::Postgres(_) => Err(StartError::Unsupported("postgres")),
+            StoreUrl::Salesforce => Err(StartError::Unsupported("salesforce")),
+        }
+    }
+
+    fn port(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => s.clone(),
+        }
+    }
+
+    /// Called after the server has stopped: every handler has returned, so the store is ours alone.
+    fn shutdown(self) {
+        match self {
+            Self::Sqlite(s) => match Arc::try_unwrap(s) {
+                Ok(s) => s.shutdown(),
+                Err(_) => tracing::warn!("store still shared at shutdown; the writer stops when it is dropped"),
+            },
+        }
+    }
+}
+
+/// A bound, ready-to-run service. Tests build it on port 0 and read [`Application::port`].
+pub struct Application {
+    listener: TcpListener,
+    backend: Backend,
+    router: axum::Router,
+}
+
+impl Application {
+    /// Opens the store (migrating it) and binds the listener.
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let backend = Backend::open(settings)?;
+        let router = api::router(AppState { store: backend.port() });
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+        Ok(Self { listener, backend, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
+    /// drains the store.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Self { listener, backend, router } = self;
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        tracing::info!("stopped accepting; requests in flight finished");
+        tokio::task::spawn_blocking(move || backend.shutdown()).await.ok();
+        served
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
