@@ -21,9 +21,14 @@ pub enum StoreUrl {
 
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
+        if let Some(path) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        {
             if path.is_empty() {
-                return Err("sqlite:// needs a file path, for example sqlite://./data/crm.db".into());
+                return Err(
+                    "sqlite:// needs a file path, for example sqlite://./data/crm.db".into(),
+                );
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -110,7 +115,10 @@ pub struct ConfigError {
 }
 
 fn bad(name: &str, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError { name: name.to_owned(), message: message.to_string() }
+    ConfigError {
+        name: name.to_owned(),
+        message: message.to_string(),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
@@ -128,7 +136,9 @@ impl Settings {
         };
         let mut s = Settings::default();
         if let Some(v) = overrides.listen.as_ref().or(file.listen.as_ref()) {
-            s.listen = v.parse().map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
+            s.listen = v
+                .parse()
+                .map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
         }
         if let Some(v) = overrides.store.as_ref().or(file.store.as_ref()) {
             s.store = StoreUrl::parse(v).map_err(|e| bad("store (--store, CRM_STORE)", e))?;
@@ -168,21 +178,34 @@ mod tests {
     fn flags_beat_the_file_and_bad_values_name_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n").unwrap();
-        let mut o = Overrides { config: Some(file.clone()), ..Default::default() };
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n",
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
         let s = Settings::load(&o).unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(s.store, StoreUrl::Sqlite("/tmp/x.db".into()));
         assert_eq!(s.matching, Matching::IdNumber);
         o.listen = Some("127.0.0.1:7000".into());
-        assert_eq!(Settings::load(&o).unwrap().listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(
+            Settings::load(&o).unwrap().listen.to_string(),
+            "127.0.0.1:7000"
+        );
 
         o.listen = Some("nonsense".into());
         let e = Settings::load(&o).unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("nonsense"), "{e}");
         o.listen = None;
         o.store = Some("mysql://x".into());
-        assert!(Settings::load(&o).unwrap_err().to_string().contains("store"));
+        assert!(Settings::load(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("store"));
 
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         o.store = None;

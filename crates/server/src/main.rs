@@ -8,7 +8,11 @@ use integration_service::startup::{shutdown_signal, Application};
 use integration_service::telemetry;
 
 #[derive(Parser)]
-#[command(name = "integration-service", version, about = "Keeps the CRM lead/opportunity lifecycle right")]
+#[command(
+    name = "integration-service",
+    version,
+    about = "Keeps the CRM lead/opportunity lifecycle right"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,12 +54,17 @@ fn migrate(settings: &Settings) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        other => fail(format!("migrate: store {other:?} is not available in this build yet")),
+        other => fail(format!(
+            "migrate: store {other:?} is not available in this build yet"
+        )),
     }
 }
 
 fn serve(settings: &Settings) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

@@ -18,7 +18,10 @@ pub enum StartError {
     #[error(transparent)]
     Sqlite(#[from] store_sqlite::OpenError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("store {0}: this backend is not available in this build yet; use sqlite://PATH")]
     Unsupported(&'static str),
 }
@@ -53,7 +56,9 @@ impl Backend {
         match self {
             Self::Sqlite(s) => match Arc::try_unwrap(s) {
                 Ok(s) => s.shutdown(),
-                Err(_) => tracing::warn!("store still shared at shutdown; the writer stops when it is dropped"),
+                Err(_) => tracing::warn!(
+                    "store still shared at shutdown; the writer stops when it is dropped"
+                ),
             },
         }
     }
@@ -70,15 +75,27 @@ impl Application {
     /// Opens the store (migrating it) and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let backend = Backend::open(settings)?;
-        let router = api::router(AppState { store: backend.port() });
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, backend, router })
+        let router = api::router(AppState {
+            store: backend.port(),
+        });
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            backend,
+            router,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -87,12 +104,23 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, backend, router } = self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            backend,
+            router,
+        } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
         tracing::info!("stopped accepting; requests in flight finished");
-        tokio::task::spawn_blocking(move || backend.shutdown()).await.ok();
+        tokio::task::spawn_blocking(move || backend.shutdown())
+            .await
+            .ok();
         served
     }
 }

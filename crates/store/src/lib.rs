@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lifecycle::{
-    Channel, Cif, CreateResult, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product,
-    Reason, RecordId, RecordType, Status,
+    Channel, Cif, CreateResult, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone,
+    Product, Reason, RecordId, RecordType, Status,
 };
 use time::OffsetDateTime;
 
@@ -134,7 +134,10 @@ impl StoreError {
         Self::Internal(e.into())
     }
     pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Unavailable { retry_after: Duration::from_secs(1), source: e.into() }
+        Self::Unavailable {
+            retry_after: Duration::from_secs(1),
+            source: e.into(),
+        }
     }
 }
 
@@ -142,7 +145,11 @@ impl StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// SPEC §2.1: decide with [`lifecycle::plan_create`] and execute, atomically for the request's key.
-    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError>;
+    async fn create(
+        &self,
+        request: &CreateRequest,
+        ctx: &RequestContext,
+    ) -> Result<CreateOutcome, StoreError>;
 
     /// SPEC §2.2: `Close Won`, converting a lead when `convert` is true.
     async fn close_won(
@@ -154,14 +161,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<CloseWonOutcome, StoreError>;
 
     /// SPEC §2.3 / §2.4: `Close Lost`. Returns the record's status afterwards.
-    async fn close_lost(&self, record_type: RecordType, id: &str, ctx: &RequestContext)
-        -> Result<RecordRef, StoreError>;
+    async fn close_lost(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        ctx: &RequestContext,
+    ) -> Result<RecordRef, StoreError>;
 
     /// SPEC §3: one record with its history, `None` when unknown.
-    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError>;
+    async fn get(
+        &self,
+        record_type: RecordType,
+        id: &str,
+    ) -> Result<Option<RecordWithHistory>, StoreError>;
 
     /// SPEC §3: every record of a customer (and product), newest first.
-    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError>;
+    async fn search(
+        &self,
+        id_number: &IdNumber,
+        product: Option<&Product>,
+    ) -> Result<SearchResult, StoreError>;
 
     /// Whether the backend answers, for `/health/ready`.
     async fn ready(&self) -> Result<(), StoreError>;

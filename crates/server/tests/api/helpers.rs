@@ -1,0 +1,184 @@
+use std::path::Path;
+
+use integration_service::config::{Settings, StoreUrl};
+use integration_service::startup::Application;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const INT: &str = "/integration-service/int/api/crm/v1";
+pub const CREATE: &str = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity";
+pub const CLOSE_WON: &str = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity";
+pub const LOST_OPP: &str = "/integration-service/api/crm/v1/update-opportunity-status";
+pub const LOST_LEAD: &str = "/integration-service/api/crm/v1/update-lead-status";
+pub const SEARCH: &str = "/integration-service/int/api/crm/v1/search";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The real application on port 0 with a fresh database in a temporary folder.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_app_at(&dir.path().join("crm.db")).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// The real application on port 0 over the database file `db` (which may already exist).
+pub async fn spawn_app_at(db: &Path) -> TestApp {
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: StoreUrl::Sqlite(db.to_owned()),
+        ..Settings::default()
+    };
+    let app = Application::build(&settings).await.expect("the app starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base,
+        client: Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST and return (status, body as JSON).
+    pub async fn call(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self.post(path, body).await;
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn create(&self, body: &Value) -> (StatusCode, Value) {
+        self.call(CREATE, body).await
+    }
+
+    pub async fn record(&self, kind: &str, id: &str) -> Value {
+        let r = self.get(&format!("{INT}/{kind}/{id}")).await;
+        assert_eq!(r.status(), 200, "{kind}/{id}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn search(&self, id_number: &str) -> Value {
+        let (status, body) = self.call(SEARCH, &json!({ "idNumber": id_number })).await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Stops the server (graceful shutdown) and waits for the store to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn ntb(id_number: &str, product: &str, owner: &str) -> Value {
+    json!({
+        "customerType": "NTB",
+        "customer": { "idNumber": id_number, "cif": null, "fullName": "Nguyen Van A",
+                      "phone": "+84901234567", "email": "a@example.com" },
+        "product": product,
+        "ownerId": owner,
+        "channel": "MOBILE_APP",
+        "journeyId": "J-2026-000123"
+    })
+}
+
+pub fn etb(id_number: &str, product: &str, owner: &str) -> Value {
+    json!({
+        "customerType": "ETB",
+        "customer": { "idNumber": id_number, "cif": "CIF0001" },
+        "product": product,
+        "ownerId": owner,
+        "channel": "LENDING_APP"
+    })
+}
+
+/// Asserts a problem document of SPEC §4 and returns it.
+pub async fn problem(r: Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let header_id = r
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["requestId"], header_id.as_str());
+    for key in ["type", "title", "detail"] {
+        assert!(
+            body[key].as_str().is_some_and(|s| !s.is_empty()),
+            "{key} in {body}"
+        );
+    }
+    assert!(body["errors"].is_array());
+    body
+}
+
+/// The `field` names of a problem's `errors`, sorted.
+pub fn fields(problem: &Value) -> Vec<String> {
+    let mut f: Vec<String> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    f.sort();
+    f
+}

@@ -1,0 +1,13 @@
+//! API tests: the real application on port 0 with a fresh embedded database each, driven over HTTP.
+//! One test binary, a module per area.
+
+mod helpers;
+
+mod close_lost;
+mod close_won;
+mod concurrency;
+mod create;
+mod errors;
+mod hostile;
+mod operations;
+mod reading;

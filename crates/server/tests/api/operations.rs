@@ -1,0 +1,275 @@
+//! Running it (SPEC §5): health, the OpenAPI document, the offline /docs page, restarts, the binary's
+//! settings errors, `migrate`, and SIGTERM finishing requests in flight.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_integration-service");
+
+#[tokio::test]
+async fn health_endpoints() {
+    let app = spawn_app().await;
+    for path in ["/health/live", "/health/ready"] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], "UP");
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_covers_every_operation_and_error() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let posts = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD, SEARCH];
+    for path in posts {
+        let op = &doc["paths"][path]["post"];
+        assert!(op.is_object(), "{path} documented");
+        assert!(
+            op["requestBody"]["content"]["application/json"]["schema"].is_object(),
+            "{path} body"
+        );
+        for status in ["400", "415", "422"] {
+            assert!(
+                op["responses"][status]["content"]["application/problem+json"].is_object(),
+                "{path} {status}"
+            );
+        }
+    }
+    for path in [
+        format!("{INT}/leads/{{id}}"),
+        format!("{INT}/opportunities/{{id}}"),
+    ] {
+        assert!(
+            doc["paths"][&path]["get"]["responses"]["404"].is_object(),
+            "{path}"
+        );
+    }
+    for path in ["/health/live", "/health/ready"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Problem",
+        "FieldError",
+        "CreateLeadOpportunityRequest",
+        "Customer",
+        "CreateResponse",
+        "CloseWonRequest",
+        "CloseWonResponse",
+        "CloseLostOpportunityRequest",
+        "CloseLostLeadRequest",
+        "SearchRequest",
+        "SearchResponse",
+        "RecordDto",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    let required = schemas["CreateLeadOpportunityRequest"]["required"]
+        .as_array()
+        .unwrap();
+    for f in ["customerType", "customer", "product", "ownerId", "channel"] {
+        assert!(required.contains(&Value::from(f)), "{f} required");
+    }
+}
+
+#[tokio::test]
+async fn docs_page_is_served_without_internet() {
+    let app = spawn_app().await;
+    let r = app.get("/docs/").await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every asset the page refers to is served by the service itself.
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            assets.push(part.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert!(assets.len() >= 3, "{assets:?}");
+    for asset in assets {
+        assert!(
+            !asset.starts_with("http:") && !asset.starts_with("https:") && !asset.starts_with("//"),
+            "external asset {asset}"
+        );
+        let r = app
+            .get(&format!("/docs/{}", asset.trim_start_matches("./")))
+            .await;
+        assert_eq!(r.status(), 200, "{asset}");
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let init = app
+        .get("/docs/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("/openapi.json"), "{init}");
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let app = spawn_app_at(&db).await;
+    let (_, lead) = app.create(&ntb("S1", "CARD", "RM001")).await;
+    let (_, opp) = app.create(&etb("S1", "LOAN", "RM001")).await;
+    app.call(
+        CLOSE_WON,
+        &serde_json::json!({"opportunityId": opp["id"], "channel": "C"}),
+    )
+    .await;
+    app.stop().await;
+
+    let app = spawn_app_at(&db).await;
+    assert_eq!(
+        app.record("leads", lead["id"].as_str().unwrap()).await["status"],
+        "New Lead"
+    );
+    assert_eq!(
+        app.record("opportunities", opp["id"].as_str().unwrap())
+            .await["status"],
+        "Close Won"
+    );
+    let (status, again) = app.create(&ntb("S1", "CARD", "RM001")).await;
+    assert_eq!((status.as_u16(), &again["id"]), (200, &lead["id"]));
+    app.stop().await;
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["serve", "--listen", "nonsense"], vec![], "listen"),
+        (
+            vec!["serve"],
+            vec![("CRM_LISTEN", "300.1.1.1:80")],
+            "listen",
+        ),
+        (vec!["serve"], vec![("CRM_STORE", "mysql://db")], "store"),
+        (
+            vec!["serve", "--config", "/no/such/file.toml"],
+            vec![],
+            "--config",
+        ),
+    ];
+    for (args, env, name) in cases {
+        let out = Command::new(BIN)
+            .args(&args)
+            .envs(env.clone())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(name), "{err} names {name}");
+    }
+}
+
+#[test]
+fn migrate_applies_embedded_migrations_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("m/crm.db").display());
+    let first = Command::new(BIN)
+        .args(["migrate", "--store", &store])
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("1 migration(s) applied"));
+    let second = Command::new(BIN)
+        .args(["migrate", "--store", &store])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"),
+        "{second:?}"
+    );
+}
+
+/// Starts the binary on port 0 and returns it with the address it logged. The caller waits for it.
+#[allow(clippy::zombie_processes)]
+fn start_binary(
+    db: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &format!("sqlite://{}", db.display()),
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the service exited before listening: {status:?}");
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["message"] == "listening" {
+                return (child, v["address"].as_str().unwrap().to_owned(), out);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let (mut child, addr, _out) = start_binary(&db);
+    let body = ntb("T1", "CARD", "RM001").to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: in-flight\r\n\r\n{head}",
+        body.len()
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    // The request began before the signal: it is finished and answered.
+    conn.write_all(tail.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+    // And what was acknowledged is on disk.
+    let app = spawn_app_at(&db).await;
+    let found = app.search("T1").await;
+    assert_eq!(found["leads"][0]["history"], Value::Null);
+    assert_eq!(found["leads"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}

@@ -1,0 +1,59 @@
+//! What the SQLite adapter guarantees beyond the shared contract: the database itself refuses a second
+//! open record per key, migrations are idempotent, and the matching mode cannot change under a store.
+
+use lifecycle::Matching;
+use rusqlite::Connection;
+use store_sqlite::{migrate, OpenError, SqliteConfig, SqliteStore};
+
+fn insert(conn: &Connection, id: &str, record_type: &str, status: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, product,
+             channel, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'K/P', 'RM1', 'NTB', 'K', 'P', 'C', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+        [id, record_type, status],
+    )
+}
+
+#[test]
+fn the_database_refuses_a_second_open_record_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    assert_eq!(migrate(&path).unwrap(), 1);
+    assert_eq!(migrate(&path).unwrap(), 0, "idempotent");
+    let conn = Connection::open(&path).unwrap();
+    insert(&conn, "l1", "LEAD", "New Lead").unwrap();
+    let second = insert(&conn, "l2", "LEAD", "New Lead").unwrap_err();
+    assert!(second.to_string().contains("UNIQUE"), "{second}");
+    // Closed records and the other type are not limited.
+    insert(&conn, "l3", "LEAD", "Close Lost").unwrap();
+    insert(&conn, "l4", "LEAD", "Close Won").unwrap();
+    insert(&conn, "o1", "OPPORTUNITY", "New Opportunity").unwrap();
+    assert!(insert(&conn, "o2", "OPPORTUNITY", "New Opportunity").is_err());
+    // A status that does not belong to the type is refused too.
+    assert!(insert(&conn, "x", "LEAD", "New Opportunity").is_err());
+}
+
+#[test]
+fn durability_settings_are_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    store.shutdown();
+}
+
+#[test]
+fn matching_cannot_change_under_an_existing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    SqliteStore::open(SqliteConfig::new(&path)).unwrap().shutdown();
+    let mut config = SqliteConfig::new(&path);
+    config.matching = Matching::IdNumber;
+    match SqliteStore::open(config) {
+        Err(e @ OpenError::MatchingChanged { .. }) => assert!(e.to_string().contains("matching")),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("opened with a different matching mode"),
+    }
+}
