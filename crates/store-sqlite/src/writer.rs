@@ -349,26 +349,6 @@ fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Tar
     })
 }
 
-fn won_outcome(t: &Target) -> CloseWonOutcome {
-    let me = Some(RecordRef {
-        id: t.id.clone(),
-        status: Status::CloseWon,
-    });
-    match t.record_type {
-        RecordType::Lead => CloseWonOutcome {
-            lead: me,
-            opportunity: t.converted_opportunity_id.clone().map(|id| RecordRef {
-                id,
-                status: Status::CloseWon,
-            }),
-        },
-        RecordType::Opportunity => CloseWonOutcome {
-            lead: None,
-            opportunity: me,
-        },
-    }
-}
-
 fn close_won(
     tx: &Transaction<'_>,
     record_type: RecordType,
@@ -379,7 +359,7 @@ fn close_won(
 ) -> Result<CloseWonOutcome, StoreError> {
     let mut t = target(tx, record_type, id)?;
     match plan_close_won(&t, convert) {
-        CloseWonPlan::AlreadyWon => Ok(won_outcome(&t)),
+        CloseWonPlan::AlreadyWon => Ok(CloseWonOutcome::won(&t)),
         CloseWonPlan::Refuse => Err(StoreError::InvalidTransition { current: t.status }),
         CloseWonPlan::Win { convert } => {
             let at = format_time(now);
@@ -420,7 +400,7 @@ fn close_won(
                 )?;
                 t.converted_opportunity_id = Some(opp);
             }
-            Ok(won_outcome(&t))
+            Ok(CloseWonOutcome::won(&t))
         }
     }
 }

@@ -56,6 +56,30 @@ pub struct CloseWonOutcome {
     pub opportunity: Option<RecordRef>,
 }
 
+impl CloseWonOutcome {
+    /// The answer for `target` once it is `Close Won`: a lead with the opportunity converted from it (if
+    /// any), or the opportunity alone. The same whether it was won now or before (SPEC §2.2).
+    pub fn won(target: &lifecycle::Target) -> Self {
+        let me = Some(RecordRef {
+            id: target.id.clone(),
+            status: Status::CloseWon,
+        });
+        match target.record_type {
+            RecordType::Lead => Self {
+                lead: me,
+                opportunity: target.converted_opportunity_id.clone().map(|id| RecordRef {
+                    id,
+                    status: Status::CloseWon,
+                }),
+            },
+            RecordType::Opportunity => Self {
+                lead: None,
+                opportunity: me,
+            },
+        }
+    }
+}
+
 /// One record with every field of SPEC §1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

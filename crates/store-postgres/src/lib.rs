@@ -1,0 +1,280 @@
+//! The PostgreSQL adapter of the storage port: several replicas of the service behind a load balancer,
+//! sharing one database.
+//!
+//! **Per-key atomicity between processes.** Every write runs in one transaction that first takes
+//! `pg_advisory_xact_lock` on a 64-bit hash of the matching key. Why an advisory lock rather than row locks
+//! alone: the create rules must also see the *absence* of records (rows `FOR UPDATE` cannot lock a row that
+//! does not exist yet), and serializable isolation would turn every contended key into retries. The lock
+//! is held until commit or rollback, so it can never leak, and it is per key, so different customers
+//! proceed in parallel. Close operations take the same lock (through the record's stored key), so a close
+//! and a create of one customer never interleave. Behind the lock the partial unique index is the final
+//! guard; a violation (possible only with writers outside the service, or two keys sharing a hash
+//! bucket — which merely serializes them) rolls back and the whole step is retried.
+
+mod read;
+pub mod scratch;
+mod write;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lifecycle::{IdNumber, Matching, Product, RecordType};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use store::{
+    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext,
+    SearchResult, Store, StoreError,
+};
+
+/// Settings of the PostgreSQL store.
+#[derive(Clone)]
+pub struct PgConfig {
+    pub url: String,
+    pub matching: Matching,
+    /// Connections per replica. Each write holds one for its transaction.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub acquire_timeout: Duration,
+    /// Server-side bound on any one statement (lock waits included).
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PgConfig")
+            .field("url", &redact(&self.url))
+            .field("matching", &self.matching)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            matching: Matching::default(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate the PostgreSQL database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot read the store's settings: {0}")]
+    Meta(sqlx::Error),
+    #[error("the database uses matching {stored}, but the configuration asks for {configured}; matching cannot change on an existing store")]
+    MatchingChanged {
+        stored: String,
+        configured: &'static str,
+    },
+}
+
+/// The migrations of this adapter, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: PgPool,
+    matching: Matching,
+}
+
+fn options(config: &PgConfig) -> Result<PgConnectOptions, OpenError> {
+    let timeout = config.statement_timeout.as_millis().to_string();
+    Ok(PgConnectOptions::from_str(&config.url)
+        .map_err(|e| OpenError::Url(e.to_string()))?
+        .application_name("integration-service")
+        .options([("statement_timeout", timeout.as_str())]))
+}
+
+/// Applies pending migrations and returns how many were applied.
+pub async fn migrate(config: &PgConfig) -> Result<usize, OpenError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options(config)?)
+        .await
+        .map_err(|source| OpenError::Connect {
+            url: redact(&config.url),
+            source,
+        })?;
+    let before: i64 = applied(&pool).await;
+    MIGRATOR.run(&pool).await?;
+    let after: i64 = applied(&pool).await;
+    pool.close().await;
+    Ok((after - before).max(0) as usize)
+}
+
+async fn applied(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+impl PgStore {
+    /// Connects, migrates (concurrent replicas are safe: sqlx takes an advisory lock while migrating) and
+    /// checks the matching mode.
+    pub async fn open(config: PgConfig) -> Result<Self, OpenError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(0)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_with(options(&config)?)
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(&config.url),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('matching', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(config.matching.as_str())
+        .execute(&pool)
+        .await
+        .map_err(OpenError::Meta)?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'matching'")
+            .fetch_one(&pool)
+            .await
+            .map_err(OpenError::Meta)?;
+        if stored != config.matching.as_str() {
+            return Err(OpenError::MatchingChanged {
+                stored,
+                configured: config.matching.as_str(),
+            });
+        }
+        Ok(Self {
+            pool,
+            matching: config.matching,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn shutdown(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// PostgreSQL's failures in the port's terms. Connection loss, shutdown, overload and pool exhaustion are
+/// the backend being unavailable (503, nothing was committed); anything else is a bug (500).
+pub(crate) fn error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::unavailable(e),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code)
+                if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") =>
+            {
+                StoreError::unavailable(e)
+            }
+            Some("40001" | "40P01" | "55P03") => StoreError::unavailable(e),
+            _ => StoreError::internal(e),
+        },
+        _ => StoreError::internal(e),
+    }
+}
+
+/// Whether a failed step may simply be run again: a conflict another transaction caused.
+pub(crate) fn retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(
+        &self,
+        request: &CreateRequest,
+        ctx: &RequestContext,
+    ) -> Result<CreateOutcome, StoreError> {
+        write::retrying(|| write::create(&self.pool, request, ctx, self.matching)).await
+    }
+
+    async fn close_won(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        convert: bool,
+        ctx: &RequestContext,
+    ) -> Result<CloseWonOutcome, StoreError> {
+        write::retrying(|| write::close_won(&self.pool, record_type, id, convert, ctx)).await
+    }
+
+    async fn close_lost(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        ctx: &RequestContext,
+    ) -> Result<RecordRef, StoreError> {
+        write::retrying(|| write::close_lost(&self.pool, record_type, id, ctx)).await
+    }
+
+    async fn get(
+        &self,
+        record_type: RecordType,
+        id: &str,
+    ) -> Result<Option<RecordWithHistory>, StoreError> {
+        read::get(&self.pool, record_type, id).await
+    }
+
+    async fn search(
+        &self,
+        id_number: &IdNumber,
+        product: Option<&Product>,
+    ) -> Result<SearchResult, StoreError> {
+        read::search(&self.pool, id_number, product).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}

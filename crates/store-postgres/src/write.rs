@@ -1,0 +1,326 @@
+//! The write operations: one transaction each, under the advisory lock of the matching key.
+
+use std::future::Future;
+
+use lifecycle::{
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan,
+    Matching, OpenRecord, OwnerId, Reason, RecordType, Snapshot, Status, Target,
+};
+use sqlx::{PgPool, Postgres, Transaction};
+use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+
+use crate::{error, retryable};
+
+/// A step that failed either for a reason to report, or on a conflict worth running it again for.
+pub(crate) enum Failure {
+    Report(StoreError),
+    Retry(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        if retryable(&e) {
+            Failure::Retry(e)
+        } else {
+            Failure::Report(error(e))
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Report(e)
+    }
+}
+
+const ATTEMPTS: usize = 5;
+
+/// Runs a transactional step, again on a conflict (a rollback leaves nothing behind, so this is safe).
+pub(crate) async fn retrying<T, F, Fut>(mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut last = None;
+    for attempt in 1..=ATTEMPTS {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Report(e)) => return Err(e),
+            Err(Failure::Retry(e)) => {
+                tracing::debug!(attempt, error = %e, "postgres: conflict, running the step again");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last
+        .map(error)
+        .unwrap_or_else(|| StoreError::internal("no attempt made")))
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn history(
+    tx: &mut Tx,
+    record_id: &str,
+    from: Option<Status>,
+    to: Status,
+    ctx: &RequestContext,
+    reason: Option<&Reason>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+         VALUES ($1, $2, $3, now(), $4, $5, $6)",
+    )
+    .bind(record_id)
+    .bind(from.map(Status::as_str))
+    .bind(to.as_str())
+    .bind(&ctx.request_id)
+    .bind(ctx.channel.as_str())
+    .bind(reason.map(Reason::as_str))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE records SET status = $1, updated_at = now() WHERE id = $2 AND status = $3",
+    )
+    .bind(to.as_str())
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) async fn create(
+    pool: &PgPool,
+    request: &CreateRequest,
+    ctx: &RequestContext,
+    matching: Matching,
+) -> Result<CreateOutcome, Failure> {
+    let key = request.match_key(matching);
+    let mut tx = pool.begin().await?;
+    lock_key(&mut tx, key.expose()).await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, record_type, owner_id FROM records
+         WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity')
+         ORDER BY seq DESC",
+    )
+    .bind(key.expose())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut open = Vec::with_capacity(rows.len());
+    for (id, record_type, owner) in rows {
+        open.push(OpenRecord {
+            id,
+            record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
+            owner_id: OwnerId::parse(&owner).map_err(StoreError::internal)?,
+        });
+    }
+    let plan = plan_create(request.customer_type, &request.owner_id, &Snapshot { open });
+    let result = plan.result();
+    let (record_type, close) = match plan {
+        CreatePlan::Existing { record_type, id } => {
+            // Nothing to write: end the transaction (and the lock) without a commit's fsync.
+            tx.rollback().await?;
+            return Ok(CreateOutcome {
+                result,
+                record_type,
+                status: record_type.open_status(),
+                id,
+                owner_id: request.owner_id.clone(),
+                closed_record_ids: Vec::new(),
+            });
+        }
+        CreatePlan::Create { record_type, close } => (record_type, close),
+    };
+    let open = record_type.open_status();
+    let owner_changed = Reason::owner_changed();
+    for id in &close {
+        if !set_status(&mut tx, id, open, Status::CloseLost).await? {
+            return Err(
+                StoreError::internal(format!("record {id} changed under the key lock")).into(),
+            );
+        }
+        history(
+            &mut tx,
+            id,
+            Some(open),
+            Status::CloseLost,
+            ctx,
+            Some(&owner_changed),
+        )
+        .await?;
+    }
+    let id = new_id();
+    let c = &request.customer;
+    sqlx::query(
+        "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+             full_name, phone, email, product, channel, journey_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), now())",
+    )
+    .bind(&id)
+    .bind(record_type.as_str())
+    .bind(open.as_str())
+    .bind(key.expose())
+    .bind(request.owner_id.as_str())
+    .bind(request.customer_type.as_str())
+    .bind(c.id_number.expose())
+    .bind(c.cif.as_ref().map(|v| v.expose()))
+    .bind(c.full_name.as_ref().map(|v| v.expose()))
+    .bind(c.phone.as_ref().map(|v| v.expose()))
+    .bind(c.email.as_ref().map(|v| v.expose()))
+    .bind(request.product.as_str())
+    .bind(request.channel.as_str())
+    .bind(request.journey_id.as_ref().map(|v| v.as_str()))
+    .execute(&mut *tx)
+    .await?;
+    history(&mut tx, &id, None, open, ctx, ctx.reason.as_ref()).await?;
+    tx.commit().await?;
+    Ok(CreateOutcome {
+        result,
+        record_type,
+        id,
+        status: open,
+        owner_id: request.owner_id.clone(),
+        closed_record_ids: close,
+    })
+}
+
+/// Locks the key of the record `id` names and reads it; `NotFound` when there is no such record.
+async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result<Target, Failure> {
+    let key: Option<String> =
+        sqlx::query_scalar("SELECT match_key FROM records WHERE id = $1 AND record_type = $2")
+            .bind(id)
+            .bind(record_type.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    let key = key.ok_or(StoreError::NotFound)?;
+    // The key never changes, so locking it after the unlocked read is sound.
+    lock_key(tx, &key).await?;
+    let (status, converted): (String, Option<String>) = sqlx::query_as(
+        "SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Target {
+        id: id.to_owned(),
+        record_type,
+        status: Status::parse(&status).map_err(StoreError::internal)?,
+        converted_opportunity_id: converted,
+    })
+}
+
+pub(crate) async fn close_won(
+    pool: &PgPool,
+    record_type: RecordType,
+    id: &str,
+    convert: bool,
+    ctx: &RequestContext,
+) -> Result<CloseWonOutcome, Failure> {
+    let mut tx = pool.begin().await?;
+    let mut t = locked_target(&mut tx, record_type, id).await?;
+    match plan_close_won(&t, convert) {
+        CloseWonPlan::AlreadyWon => {
+            tx.rollback().await?;
+            Ok(CloseWonOutcome::won(&t))
+        }
+        CloseWonPlan::Refuse => {
+            tx.rollback().await?;
+            Err(StoreError::InvalidTransition { current: t.status }.into())
+        }
+        CloseWonPlan::Win { convert } => {
+            set_status(&mut tx, id, t.status, Status::CloseWon).await?;
+            history(
+                &mut tx,
+                id,
+                Some(t.status),
+                Status::CloseWon,
+                ctx,
+                ctx.reason.as_ref(),
+            )
+            .await?;
+            if convert {
+                let opp = new_id();
+                sqlx::query(
+                    "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                         full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
+                         created_at, updated_at)
+                     SELECT $1, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
+                         full_name, phone, email, product, channel, journey_id, id, now(), now()
+                     FROM records WHERE id = $2",
+                )
+                .bind(&opp)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE records SET converted_opportunity_id = $1 WHERE id = $2")
+                    .bind(&opp)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                history(
+                    &mut tx,
+                    &opp,
+                    None,
+                    Status::CloseWon,
+                    ctx,
+                    ctx.reason.as_ref(),
+                )
+                .await?;
+                t.converted_opportunity_id = Some(opp);
+            }
+            tx.commit().await?;
+            Ok(CloseWonOutcome::won(&t))
+        }
+    }
+}
+
+pub(crate) async fn close_lost(
+    pool: &PgPool,
+    record_type: RecordType,
+    id: &str,
+    ctx: &RequestContext,
+) -> Result<RecordRef, Failure> {
+    let mut tx = pool.begin().await?;
+    let t = locked_target(&mut tx, record_type, id).await?;
+    match plan_close_lost(&t) {
+        CloseLostPlan::AlreadyLost => tx.rollback().await?,
+        CloseLostPlan::Refuse => {
+            tx.rollback().await?;
+            return Err(StoreError::InvalidTransition { current: t.status }.into());
+        }
+        CloseLostPlan::Lose => {
+            set_status(&mut tx, id, t.status, Status::CloseLost).await?;
+            history(
+                &mut tx,
+                id,
+                Some(t.status),
+                Status::CloseLost,
+                ctx,
+                ctx.reason.as_ref(),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(RecordRef {
+        id: t.id,
+        status: Status::CloseLost,
+    })
+}

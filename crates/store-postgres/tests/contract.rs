@@ -1,0 +1,15 @@
+//! The storage contract suite against PostgreSQL, a fresh database per test.
+
+use std::sync::Arc;
+
+use store::Store;
+use store_postgres::scratch::ScratchDb;
+use store_postgres::{PgConfig, PgStore};
+
+async fn fresh() -> (Arc<dyn Store>, ScratchDb) {
+    let db = ScratchDb::create("crm_contract").await;
+    let store = PgStore::open(PgConfig::new(&db.url)).await.unwrap();
+    (Arc::new(store), db)
+}
+
+store::contract_suite!(fresh);
