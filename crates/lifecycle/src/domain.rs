@@ -255,12 +255,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::NewLead,
-        Status::NewOpportunity,
-        Status::CloseWon,
-        Status::CloseLost,
-    ];
+    pub const ALL: [Status; 4] = [Status::NewLead, Status::NewOpportunity, Status::CloseWon, Status::CloseLost];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -274,9 +269,7 @@ impl Status {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or(Invalid(
-                "must be New Lead, New Opportunity, Close Won or Close Lost",
-            ))
+            .ok_or(Invalid("must be New Lead, New Opportunity, Close Won or Close Lost"))
     }
     /// Open means `New Lead` / `New Opportunity` (SPEC §6, reading 2: a `Close Won` lead is final).
     pub fn is_open(self) -> bool {
@@ -310,9 +303,7 @@ impl Matching {
     /// The matching key of a request. An `IdNumber` never contains `/`, so the two parts cannot collide.
     pub fn key(self, id_number: &IdNumber, product: &Product) -> MatchKey {
         match self {
-            Self::IdNumberAndProduct => {
-                MatchKey(format!("{}/{}", id_number.expose(), product.as_str()))
-            }
+            Self::IdNumberAndProduct => MatchKey(format!("{}/{}", id_number.expose(), product.as_str())),
             Self::IdNumber => MatchKey(id_number.expose().to_owned()),
         }
     }
@@ -374,16 +365,8 @@ mod tests {
         let email = Email::parse("nguyen.van.a@example.com").unwrap();
         let name = FullName::parse("Nguyen Van A").unwrap();
         let cif = Cif::parse("CIF0012345").unwrap();
-        let printed = format!(
-            "{id} {id:?} {phone} {phone:?} {email} {email:?} {name} {name:?} {cif} {cif:?}"
-        );
-        for raw in [
-            "079123456789",
-            "84901234567",
-            "nguyen.van.a",
-            "Nguyen",
-            "0012345",
-        ] {
+        let printed = format!("{id} {id:?} {phone} {phone:?} {email} {email:?} {name} {name:?} {cif} {cif:?}");
+        for raw in ["079123456789", "84901234567", "nguyen.van.a", "Nguyen", "0012345"] {
             assert!(!printed.contains(raw), "{raw} leaked in {printed}");
         }
         let key = Matching::IdNumberAndProduct.key(&id, &Product::parse("CARD").unwrap());
@@ -404,29 +387,13 @@ mod tests {
         for ok in ["+84901234567", "123456", "12345678901234567890"] {
             assert!(Phone::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "12345",
-            "+",
-            "++123456",
-            "123-456-789",
-            "123456789012345678901",
-            "12345a",
-        ] {
+        for bad in ["12345", "+", "++123456", "123-456-789", "123456789012345678901", "12345a"] {
             assert!(Phone::parse(bad).is_err(), "{bad}");
         }
         for ok in ["a@example.com", "first.last+tag@sub.example.co"] {
             assert!(Email::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "a",
-            "a@",
-            "@example.com",
-            "a@example",
-            "a b@example.com",
-            "a@exa mple.com",
-            "a@.com",
-        ] {
+        for bad in ["", "a", "a@", "@example.com", "a@example", "a b@example.com", "a@exa mple.com", "a@.com"] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }
@@ -444,13 +411,7 @@ mod tests {
         let id = IdNumber::parse("X1").unwrap();
         let a = Product::parse("CARD").unwrap();
         let b = Product::parse("LOAN").unwrap();
-        assert_ne!(
-            Matching::IdNumberAndProduct.key(&id, &a),
-            Matching::IdNumberAndProduct.key(&id, &b)
-        );
-        assert_eq!(
-            Matching::IdNumber.key(&id, &a),
-            Matching::IdNumber.key(&id, &b)
-        );
+        assert_ne!(Matching::IdNumberAndProduct.key(&id, &a), Matching::IdNumberAndProduct.key(&id, &b));
+        assert_eq!(Matching::IdNumber.key(&id, &a), Matching::IdNumber.key(&id, &b));
     }
 }

@@ -46,16 +46,10 @@ impl CreateResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreatePlan {
     /// E1, N1, N3: return this record; change nothing.
-    Existing {
-        record_type: RecordType,
-        id: RecordId,
-    },
+    Existing { record_type: RecordType, id: RecordId },
     /// E2, E3, N2, N4, N5: set each of `close` to `Close Lost` (reason `OWNER_CHANGED`), then create one
     /// record of `record_type` in its open status, all in one atomic step.
-    Create {
-        record_type: RecordType,
-        close: Vec<RecordId>,
-    },
+    Create { record_type: RecordType, close: Vec<RecordId> },
 }
 
 impl CreatePlan {
@@ -77,11 +71,7 @@ enum Found<'a> {
 
 fn find<'a>(snapshot: &'a Snapshot, record_type: RecordType, owner: &OwnerId) -> Found<'a> {
     let mut others = Vec::new();
-    for r in snapshot
-        .open
-        .iter()
-        .filter(|r| r.record_type == record_type)
-    {
+    for r in snapshot.open.iter().filter(|r| r.record_type == record_type) {
         if &r.owner_id == owner {
             // Newest first, so the first match is the newest such (SPEC §6, reading 3).
             return Found::SameOwner(r);
@@ -99,45 +89,21 @@ fn find<'a>(snapshot: &'a Snapshot, record_type: RecordType, owner: &OwnerId) ->
 ///
 /// Opportunities are checked first for both customer types; only NTB goes on to the leads, and only when
 /// no opportunity is open (SPEC §6, reading 1). ETB never reads or changes leads.
-pub fn plan_create(
-    customer_type: CustomerType,
-    owner: &OwnerId,
-    snapshot: &Snapshot,
-) -> CreatePlan {
+pub fn plan_create(customer_type: CustomerType, owner: &OwnerId, snapshot: &Snapshot) -> CreatePlan {
     match find(snapshot, RecordType::Opportunity, owner) {
         Found::SameOwner(r) => {
-            return CreatePlan::Existing {
-                record_type: r.record_type,
-                id: r.id.clone(),
-            };
+            return CreatePlan::Existing { record_type: r.record_type, id: r.id.clone() };
         }
-        Found::OthersOnly(close) => {
-            return CreatePlan::Create {
-                record_type: RecordType::Opportunity,
-                close,
-            }
-        }
+        Found::OthersOnly(close) => return CreatePlan::Create { record_type: RecordType::Opportunity, close },
         Found::None => {}
     }
     if customer_type == CustomerType::Etb {
-        return CreatePlan::Create {
-            record_type: RecordType::Opportunity,
-            close: Vec::new(),
-        };
+        return CreatePlan::Create { record_type: RecordType::Opportunity, close: Vec::new() };
     }
     match find(snapshot, RecordType::Lead, owner) {
-        Found::SameOwner(r) => CreatePlan::Existing {
-            record_type: r.record_type,
-            id: r.id.clone(),
-        },
-        Found::OthersOnly(close) => CreatePlan::Create {
-            record_type: RecordType::Lead,
-            close,
-        },
-        Found::None => CreatePlan::Create {
-            record_type: RecordType::Lead,
-            close: Vec::new(),
-        },
+        Found::SameOwner(r) => CreatePlan::Existing { record_type: r.record_type, id: r.id.clone() },
+        Found::OthersOnly(close) => CreatePlan::Create { record_type: RecordType::Lead, close },
+        Found::None => CreatePlan::Create { record_type: RecordType::Lead, close: Vec::new() },
     }
 }
 
@@ -165,9 +131,9 @@ pub enum CloseWonPlan {
 /// SPEC §2.2. `convert` is the request's `convertToOpportunity`; it only matters for an open lead.
 pub fn plan_close_won(target: &Target, convert: bool) -> CloseWonPlan {
     match target.status {
-        Status::NewLead | Status::NewOpportunity => CloseWonPlan::Win {
-            convert: convert && target.record_type == RecordType::Lead,
-        },
+        Status::NewLead | Status::NewOpportunity => {
+            CloseWonPlan::Win { convert: convert && target.record_type == RecordType::Lead }
+        }
         Status::CloseWon => CloseWonPlan::AlreadyWon,
         Status::CloseLost => CloseWonPlan::Refuse,
     }

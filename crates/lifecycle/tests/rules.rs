@@ -8,66 +8,30 @@ use CustomerType::{Etb, Ntb};
 use RecordType::{Lead, Opportunity as Opp};
 
 fn rec(id: &str, record_type: RecordType, owner: &str) -> OpenRecord {
-    OpenRecord {
-        id: id.into(),
-        record_type,
-        owner_id: OwnerId::parse(owner).unwrap(),
-    }
+    OpenRecord { id: id.into(), record_type, owner_id: OwnerId::parse(owner).unwrap() }
 }
 
 fn snap(open: &[OpenRecord]) -> Snapshot {
-    Snapshot {
-        open: open.to_vec(),
-    }
+    Snapshot { open: open.to_vec() }
 }
 
 fn existing(record_type: RecordType, id: &str) -> CreatePlan {
-    CreatePlan::Existing {
-        record_type,
-        id: id.into(),
-    }
+    CreatePlan::Existing { record_type, id: id.into() }
 }
 
 fn create(record_type: RecordType, close: &[&str]) -> CreatePlan {
-    CreatePlan::Create {
-        record_type,
-        close: close.iter().map(|s| s.to_string()).collect(),
-    }
+    CreatePlan::Create { record_type, close: close.iter().map(|s| s.to_string()).collect() }
 }
 
 #[test]
 fn create_decision_table() {
     let rm1 = "RM001";
     // (row, customer type, snapshot newest first, expected plan, expected result)
-    let rows: Vec<(
-        &str,
-        CustomerType,
-        Vec<OpenRecord>,
-        CreatePlan,
-        CreateResult,
-    )> = vec![
-        (
-            "E1",
-            Etb,
-            vec![rec("o1", Opp, rm1)],
-            existing(Opp, "o1"),
-            CreateResult::Existing,
-        ),
-        (
-            "E2",
-            Etb,
-            vec![rec("o1", Opp, "RM002")],
-            create(Opp, &["o1"]),
-            CreateResult::Replaced,
-        ),
+    let rows: Vec<(&str, CustomerType, Vec<OpenRecord>, CreatePlan, CreateResult)> = vec![
+        ("E1", Etb, vec![rec("o1", Opp, rm1)], existing(Opp, "o1"), CreateResult::Existing),
+        ("E2", Etb, vec![rec("o1", Opp, "RM002")], create(Opp, &["o1"]), CreateResult::Replaced),
         ("E3", Etb, vec![], create(Opp, &[]), CreateResult::Created),
-        (
-            "E3, leads ignored",
-            Etb,
-            vec![rec("l1", Lead, rm1)],
-            create(Opp, &[]),
-            CreateResult::Created,
-        ),
+        ("E3, leads ignored", Etb, vec![rec("l1", Lead, rm1)], create(Opp, &[]), CreateResult::Created),
         (
             "E2, leads untouched",
             Etb,
@@ -75,13 +39,7 @@ fn create_decision_table() {
             create(Opp, &["o1"]),
             CreateResult::Replaced,
         ),
-        (
-            "N1",
-            Ntb,
-            vec![rec("o1", Opp, rm1)],
-            existing(Opp, "o1"),
-            CreateResult::Existing,
-        ),
+        ("N1", Ntb, vec![rec("o1", Opp, rm1)], existing(Opp, "o1"), CreateResult::Existing),
         (
             "N1 over a same-owner lead",
             Ntb,
@@ -89,13 +47,7 @@ fn create_decision_table() {
             existing(Opp, "o1"),
             CreateResult::Existing,
         ),
-        (
-            "N2",
-            Ntb,
-            vec![rec("o1", Opp, "RM002")],
-            create(Opp, &["o1"]),
-            CreateResult::Replaced,
-        ),
+        ("N2", Ntb, vec![rec("o1", Opp, "RM002")], create(Opp, &["o1"]), CreateResult::Replaced),
         (
             "N2, leads untouched",
             Ntb,
@@ -103,20 +55,8 @@ fn create_decision_table() {
             create(Opp, &["o1"]),
             CreateResult::Replaced,
         ),
-        (
-            "N3",
-            Ntb,
-            vec![rec("l1", Lead, rm1)],
-            existing(Lead, "l1"),
-            CreateResult::Existing,
-        ),
-        (
-            "N4",
-            Ntb,
-            vec![rec("l1", Lead, "RM002")],
-            create(Lead, &["l1"]),
-            CreateResult::Replaced,
-        ),
+        ("N3", Ntb, vec![rec("l1", Lead, rm1)], existing(Lead, "l1"), CreateResult::Existing),
+        ("N4", Ntb, vec![rec("l1", Lead, "RM002")], create(Lead, &["l1"]), CreateResult::Replaced),
         ("N5", Ntb, vec![], create(Lead, &[]), CreateResult::Created),
     ];
     for (row, customer_type, open, expected, result) in rows {
@@ -130,11 +70,7 @@ fn create_decision_table() {
 fn several_open_records_reading_3() {
     let me = OwnerId::parse("RM001").unwrap();
     // Same owner among several: the newest such is returned, nothing changes.
-    let open = snap(&[
-        rec("o3", Opp, "RM009"),
-        rec("o2", Opp, "RM001"),
-        rec("o1", Opp, "RM001"),
-    ]);
+    let open = snap(&[rec("o3", Opp, "RM009"), rec("o2", Opp, "RM001"), rec("o1", Opp, "RM001")]);
     assert_eq!(plan_create(Etb, &me, &open), existing(Opp, "o2"));
     assert_eq!(plan_create(Ntb, &me, &open), existing(Opp, "o2"));
     // None with the same owner: all are closed, one is created.
@@ -147,82 +83,35 @@ fn several_open_records_reading_3() {
 }
 
 fn target(record_type: RecordType, status: Status) -> Target {
-    Target {
-        id: "x".into(),
-        record_type,
-        status,
-        converted_opportunity_id: None,
-    }
+    Target { id: "x".into(), record_type, status, converted_opportunity_id: None }
 }
 
 #[test]
 fn close_won_transitions() {
-    assert_eq!(
-        plan_close_won(&target(Opp, Status::NewOpportunity), true),
-        CloseWonPlan::Win { convert: false }
-    );
-    assert_eq!(
-        plan_close_won(&target(Lead, Status::NewLead), true),
-        CloseWonPlan::Win { convert: true }
-    );
-    assert_eq!(
-        plan_close_won(&target(Lead, Status::NewLead), false),
-        CloseWonPlan::Win { convert: false }
-    );
+    assert_eq!(plan_close_won(&target(Opp, Status::NewOpportunity), true), CloseWonPlan::Win { convert: false });
+    assert_eq!(plan_close_won(&target(Lead, Status::NewLead), true), CloseWonPlan::Win { convert: true });
+    assert_eq!(plan_close_won(&target(Lead, Status::NewLead), false), CloseWonPlan::Win { convert: false });
     // Idempotent repeat: no second conversion.
-    assert_eq!(
-        plan_close_won(&target(Lead, Status::CloseWon), true),
-        CloseWonPlan::AlreadyWon
-    );
-    assert_eq!(
-        plan_close_won(&target(Opp, Status::CloseWon), true),
-        CloseWonPlan::AlreadyWon
-    );
-    assert_eq!(
-        plan_close_won(&target(Lead, Status::CloseLost), true),
-        CloseWonPlan::Refuse
-    );
-    assert_eq!(
-        plan_close_won(&target(Opp, Status::CloseLost), false),
-        CloseWonPlan::Refuse
-    );
+    assert_eq!(plan_close_won(&target(Lead, Status::CloseWon), true), CloseWonPlan::AlreadyWon);
+    assert_eq!(plan_close_won(&target(Opp, Status::CloseWon), true), CloseWonPlan::AlreadyWon);
+    assert_eq!(plan_close_won(&target(Lead, Status::CloseLost), true), CloseWonPlan::Refuse);
+    assert_eq!(plan_close_won(&target(Opp, Status::CloseLost), false), CloseWonPlan::Refuse);
 }
 
 #[test]
 fn close_lost_transitions() {
-    assert_eq!(
-        plan_close_lost(&target(Opp, Status::NewOpportunity)),
-        CloseLostPlan::Lose
-    );
-    assert_eq!(
-        plan_close_lost(&target(Lead, Status::NewLead)),
-        CloseLostPlan::Lose
-    );
-    assert_eq!(
-        plan_close_lost(&target(Lead, Status::CloseLost)),
-        CloseLostPlan::AlreadyLost
-    );
-    assert_eq!(
-        plan_close_lost(&target(Opp, Status::CloseLost)),
-        CloseLostPlan::AlreadyLost
-    );
-    assert_eq!(
-        plan_close_lost(&target(Lead, Status::CloseWon)),
-        CloseLostPlan::Refuse
-    );
-    assert_eq!(
-        plan_close_lost(&target(Opp, Status::CloseWon)),
-        CloseLostPlan::Refuse
-    );
+    assert_eq!(plan_close_lost(&target(Opp, Status::NewOpportunity)), CloseLostPlan::Lose);
+    assert_eq!(plan_close_lost(&target(Lead, Status::NewLead)), CloseLostPlan::Lose);
+    assert_eq!(plan_close_lost(&target(Lead, Status::CloseLost)), CloseLostPlan::AlreadyLost);
+    assert_eq!(plan_close_lost(&target(Opp, Status::CloseLost)), CloseLostPlan::AlreadyLost);
+    assert_eq!(plan_close_lost(&target(Lead, Status::CloseWon)), CloseLostPlan::Refuse);
+    assert_eq!(plan_close_lost(&target(Opp, Status::CloseWon)), CloseLostPlan::Refuse);
 }
 
 #[test]
 fn status_wire_names_and_openness() {
     let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-    assert_eq!(
-        names,
-        ["New Lead", "New Opportunity", "Close Won", "Close Lost"]
-    );
+    assert_eq!(names, ["New Lead", "New Opportunity", "Close Won", "Close Lost"]);
     for s in Status::ALL {
         assert_eq!(Status::parse(s.as_str()), Ok(s));
     }
@@ -237,10 +126,7 @@ fn product_scoping_reading_4() {
     let id = IdNumber::parse("079123456789").unwrap();
     let card = Product::parse("CREDIT_CARD").unwrap();
     let loan = Product::parse("PERSONAL_LOAN").unwrap();
-    assert_ne!(
-        Matching::IdNumberAndProduct.key(&id, &card),
-        Matching::IdNumberAndProduct.key(&id, &loan)
-    );
+    assert_ne!(Matching::IdNumberAndProduct.key(&id, &card), Matching::IdNumberAndProduct.key(&id, &loan));
 }
 
 // ---- property test: a tiny in-memory CRM that executes plans exactly as an adapter must ----
@@ -287,9 +173,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn open_count(db: &[Rec], key: u8, record_type: RecordType) -> usize {
-    db.iter()
-        .filter(|r| r.key == key && r.record_type == record_type && r.status.is_open())
-        .count()
+    db.iter().filter(|r| r.key == key && r.record_type == record_type && r.status.is_open()).count()
 }
 
 proptest! {

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lifecycle::Matching;
 use serde::Deserialize;
 
-/// Where records live, from `--store` / `CRM_STORE` / `store =`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where records live, from `--store` / `CRM_STORE` / `store =`. `Debug` hides a PostgreSQL password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `sqlite://PATH`: the embedded store (the default, `sqlite://./data/crm.db`).
     Sqlite(PathBuf),
@@ -19,16 +20,21 @@ pub enum StoreUrl {
     Salesforce,
 }
 
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(url) => f.write_str(&store_postgres::redact(url)),
+            Self::Salesforce => f.write_str("salesforce"),
+        }
+    }
+}
+
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(path) = s
-            .strip_prefix("sqlite://")
-            .or_else(|| s.strip_prefix("sqlite:"))
-        {
+        if let Some(path) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
             if path.is_empty() {
-                return Err(
-                    "sqlite:// needs a file path, for example sqlite://./data/crm.db".into(),
-                );
+                return Err("sqlite:// needs a file path, for example sqlite://./data/crm.db".into());
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -62,6 +68,10 @@ pub struct Settings {
     pub log_filter: String,
     /// Most write jobs the embedded store commits in one transaction.
     pub sqlite_max_batch: usize,
+    /// PostgreSQL connections per replica.
+    pub postgres_max_connections: u32,
+    /// How long a request waits for a PostgreSQL connection before answering 503.
+    pub postgres_acquire_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +83,8 @@ impl Default for Settings {
             log_format: LogFormat::Json,
             log_filter: "info".into(),
             sqlite_max_batch: 256,
+            postgres_max_connections: 16,
+            postgres_acquire_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -87,6 +99,8 @@ pub struct FileSettings {
     pub log_format: Option<LogFormat>,
     pub log_filter: Option<String>,
     pub sqlite_max_batch: Option<usize>,
+    pub postgres_max_connections: Option<u32>,
+    pub postgres_acquire_timeout_ms: Option<u64>,
 }
 
 /// Values from the environment or the command line, which override the file.
@@ -115,10 +129,7 @@ pub struct ConfigError {
 }
 
 fn bad(name: &str, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError {
-        name: name.to_owned(),
-        message: message.to_string(),
-    }
+    ConfigError { name: name.to_owned(), message: message.to_string() }
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
@@ -136,9 +147,7 @@ impl Settings {
         };
         let mut s = Settings::default();
         if let Some(v) = overrides.listen.as_ref().or(file.listen.as_ref()) {
-            s.listen = v
-                .parse()
-                .map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
+            s.listen = v.parse().map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
         }
         if let Some(v) = overrides.store.as_ref().or(file.store.as_ref()) {
             s.store = StoreUrl::parse(v).map_err(|e| bad("store (--store, CRM_STORE)", e))?;
@@ -159,6 +168,18 @@ impl Settings {
             }
             s.sqlite_max_batch = v;
         }
+        if let Some(v) = file.postgres_max_connections {
+            if v == 0 || v > 1000 {
+                return Err(bad("postgres_max_connections", "must be 1-1000"));
+            }
+            s.postgres_max_connections = v;
+        }
+        if let Some(v) = file.postgres_acquire_timeout_ms {
+            if v == 0 || v > 600_000 {
+                return Err(bad("postgres_acquire_timeout_ms", "must be 1-600000"));
+            }
+            s.postgres_acquire_timeout = Duration::from_millis(v);
+        }
         Ok(s)
     }
 }
@@ -178,34 +199,22 @@ mod tests {
     fn flags_beat_the_file_and_bad_values_name_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n",
-        )
-        .unwrap();
-        let mut o = Overrides {
-            config: Some(file.clone()),
-            ..Default::default()
-        };
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n")
+            .unwrap();
+        let mut o = Overrides { config: Some(file.clone()), ..Default::default() };
         let s = Settings::load(&o).unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(s.store, StoreUrl::Sqlite("/tmp/x.db".into()));
         assert_eq!(s.matching, Matching::IdNumber);
         o.listen = Some("127.0.0.1:7000".into());
-        assert_eq!(
-            Settings::load(&o).unwrap().listen.to_string(),
-            "127.0.0.1:7000"
-        );
+        assert_eq!(Settings::load(&o).unwrap().listen.to_string(), "127.0.0.1:7000");
 
         o.listen = Some("nonsense".into());
         let e = Settings::load(&o).unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("nonsense"), "{e}");
         o.listen = None;
         o.store = Some("mysql://x".into());
-        assert!(Settings::load(&o)
-            .unwrap_err()
-            .to_string()
-            .contains("store"));
+        assert!(Settings::load(&o).unwrap_err().to_string().contains("store"));
 
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         o.store = None;

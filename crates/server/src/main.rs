@@ -4,15 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use integration_service::config::{Overrides, Settings, StoreUrl};
-use integration_service::startup::{shutdown_signal, Application};
+use integration_service::startup::{pg_config, shutdown_signal, Application};
 use integration_service::telemetry;
 
 #[derive(Parser)]
-#[command(
-    name = "integration-service",
-    version,
-    about = "Keeps the CRM lead/opportunity lifecycle right"
-)]
+#[command(name = "integration-service", version, about = "Keeps the CRM lead/opportunity lifecycle right")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,25 +42,25 @@ fn main() -> ExitCode {
 }
 
 fn migrate(settings: &Settings) -> ExitCode {
-    match &settings.store {
-        StoreUrl::Sqlite(path) => match store_sqlite::migrate(path) {
-            Ok(n) => {
-                println!("{}: {n} migration(s) applied", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
+    let applied = match &settings.store {
+        StoreUrl::Sqlite(path) => store_sqlite::migrate(path).map_err(|e| e.to_string()),
+        StoreUrl::Postgres(url) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(store_postgres::migrate(&pg_config(settings, url))).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot start the runtime: {e}")),
         },
-        other => fail(format!(
-            "migrate: store {other:?} is not available in this build yet"
-        )),
+        StoreUrl::Salesforce => Err("migrate: the salesforce store has no migrations".into()),
+    };
+    match applied {
+        Ok(n) => {
+            println!("{:?}: {n} migration(s) applied", settings.store);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
 fn serve(settings: &Settings) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

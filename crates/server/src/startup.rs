@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use store::Store;
+use store_postgres::{PgConfig, PgStore};
 use store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 
@@ -17,11 +18,10 @@ use crate::config::{Settings, StoreUrl};
 pub enum StartError {
     #[error(transparent)]
     Sqlite(#[from] store_sqlite::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] store_postgres::OpenError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("store {0}: this backend is not available in this build yet; use sqlite://PATH")]
     Unsupported(&'static str),
 }
@@ -29,10 +29,11 @@ pub enum StartError {
 /// The backend, kept concrete so shutdown can drain it.
 enum Backend {
     Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
 }
 
 impl Backend {
-    fn open(settings: &Settings) -> Result<Self, StartError> {
+    async fn open(settings: &Settings) -> Result<Self, StartError> {
         match &settings.store {
             StoreUrl::Sqlite(path) => {
                 let mut config = SqliteConfig::new(path);
@@ -40,7 +41,7 @@ impl Backend {
                 config.max_batch = settings.sqlite_max_batch;
                 Ok(Self::Sqlite(Arc::new(SqliteStore::open(config)?)))
             }
-            StoreUrl::Postgres(_) => Err(StartError::Unsupported("postgres")),
+            StoreUrl::Postgres(url) => Ok(Self::Postgres(Arc::new(PgStore::open(pg_config(settings, url)).await?))),
             StoreUrl::Salesforce => Err(StartError::Unsupported("salesforce")),
         }
     }
@@ -48,20 +49,31 @@ impl Backend {
     fn port(&self) -> Arc<dyn Store> {
         match self {
             Self::Sqlite(s) => s.clone(),
+            Self::Postgres(s) => s.clone(),
         }
     }
 
     /// Called after the server has stopped: every handler has returned, so the store is ours alone.
-    fn shutdown(self) {
+    async fn shutdown(self) {
         match self {
             Self::Sqlite(s) => match Arc::try_unwrap(s) {
-                Ok(s) => s.shutdown(),
-                Err(_) => tracing::warn!(
-                    "store still shared at shutdown; the writer stops when it is dropped"
-                ),
+                Ok(s) => {
+                    let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+                }
+                Err(_) => tracing::warn!("store still shared at shutdown; the writer stops when it is dropped"),
             },
+            Self::Postgres(s) => s.shutdown().await,
         }
     }
+}
+
+/// The PostgreSQL settings of `settings`, for `serve` and `migrate`.
+pub fn pg_config(settings: &Settings, url: &str) -> PgConfig {
+    let mut config = PgConfig::new(url);
+    config.matching = settings.matching;
+    config.max_connections = settings.postgres_max_connections;
+    config.acquire_timeout = settings.postgres_acquire_timeout;
+    config
 }
 
 /// A bound, ready-to-run service. Tests build it on port 0 and read [`Application::port`].
@@ -74,28 +86,16 @@ pub struct Application {
 impl Application {
     /// Opens the store (migrating it) and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
-        let backend = Backend::open(settings)?;
-        let router = api::router(AppState {
-            store: backend.port(),
-        });
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-        Ok(Self {
-            listener,
-            backend,
-            router,
-        })
+        let backend = Backend::open(settings).await?;
+        let router = api::router(AppState { store: backend.port() });
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
+        Ok(Self { listener, backend, router })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -104,23 +104,12 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let Self {
-            listener,
-            backend,
-            router,
-        } = self;
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Self { listener, backend, router } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
         tracing::info!("stopped accepting; requests in flight finished");
-        tokio::task::spawn_blocking(move || backend.shutdown())
-            .await
-            .ok();
+        backend.shutdown().await;
         served
     }
 }

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use store::{
-    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext,
-    SearchResult, Store, StoreError,
+    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
+    StoreError,
 };
 
 /// Settings of the PostgreSQL store.
@@ -88,10 +88,7 @@ pub enum OpenError {
     #[error("cannot read the store's settings: {0}")]
     Meta(sqlx::Error),
     #[error("the database uses matching {stored}, but the configuration asks for {configured}; matching cannot change on an existing store")]
-    MatchingChanged {
-        stored: String,
-        configured: &'static str,
-    },
+    MatchingChanged { stored: String, configured: &'static str },
 }
 
 /// The migrations of this adapter, embedded in the binary.
@@ -118,10 +115,7 @@ pub async fn migrate(config: &PgConfig) -> Result<usize, OpenError> {
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options(config)?)
         .await
-        .map_err(|source| OpenError::Connect {
-            url: redact(&config.url),
-            source,
-        })?;
+        .map_err(|source| OpenError::Connect { url: redact(&config.url), source })?;
     let before: i64 = applied(&pool).await;
     MIGRATOR.run(&pool).await?;
     let after: i64 = applied(&pool).await;
@@ -130,10 +124,7 @@ pub async fn migrate(config: &PgConfig) -> Result<usize, OpenError> {
 }
 
 async fn applied(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await.unwrap_or(0)
 }
 
 impl PgStore {
@@ -147,32 +138,21 @@ impl PgStore {
             .idle_timeout(Duration::from_secs(300))
             .connect_with(options(&config)?)
             .await
-            .map_err(|source| OpenError::Connect {
-                url: redact(&config.url),
-                source,
-            })?;
+            .map_err(|source| OpenError::Connect { url: redact(&config.url), source })?;
         MIGRATOR.run(&pool).await?;
-        sqlx::query(
-            "INSERT INTO meta (name, value) VALUES ('matching', $1) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(config.matching.as_str())
-        .execute(&pool)
-        .await
-        .map_err(OpenError::Meta)?;
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('matching', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(config.matching.as_str())
+            .execute(&pool)
+            .await
+            .map_err(OpenError::Meta)?;
         let stored: String = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'matching'")
             .fetch_one(&pool)
             .await
             .map_err(OpenError::Meta)?;
         if stored != config.matching.as_str() {
-            return Err(OpenError::MatchingChanged {
-                stored,
-                configured: config.matching.as_str(),
-            });
+            return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
-        Ok(Self {
-            pool,
-            matching: config.matching,
-        })
+        Ok(Self { pool, matching: config.matching })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -195,9 +175,7 @@ pub(crate) fn error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => StoreError::unavailable(e),
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some(code)
-                if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") =>
-            {
+            Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") => {
                 StoreError::unavailable(e)
             }
             Some("40001" | "40P01" | "55P03") => StoreError::unavailable(e),
@@ -214,11 +192,7 @@ pub(crate) fn retryable(e: &sqlx::Error) -> bool {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn create(
-        &self,
-        request: &CreateRequest,
-        ctx: &RequestContext,
-    ) -> Result<CreateOutcome, StoreError> {
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         write::retrying(|| write::create(&self.pool, request, ctx, self.matching)).await
     }
 
@@ -241,28 +215,16 @@ impl Store for PgStore {
         write::retrying(|| write::close_lost(&self.pool, record_type, id, ctx)).await
     }
 
-    async fn get(
-        &self,
-        record_type: RecordType,
-        id: &str,
-    ) -> Result<Option<RecordWithHistory>, StoreError> {
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {
         read::get(&self.pool, record_type, id).await
     }
 
-    async fn search(
-        &self,
-        id_number: &IdNumber,
-        product: Option<&Product>,
-    ) -> Result<SearchResult, StoreError> {
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError> {
         read::search(&self.pool, id_number, product).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(error)
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(error)
     }
 }
 
@@ -270,10 +232,7 @@ impl Store for PgStore {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
     }

@@ -1,8 +1,8 @@
 //! Reads: one record with its history, and the search of SPEC §3.
 
 use lifecycle::{
-    Channel, Cif, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product,
-    Reason, RecordType, Status,
+    Channel, Cif, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product, Reason, RecordType,
+    Status,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -14,17 +14,11 @@ use crate::error;
 const COLUMNS: &str = "id, record_type, status, owner_id, customer_type, id_number, cif, full_name, phone, email,
     product, channel, journey_id, converted_opportunity_id, converted_from_lead_id, created_at, updated_at";
 
-fn parse<T>(
-    v: &str,
-    parse: impl Fn(&str) -> Result<T, lifecycle::Invalid>,
-) -> Result<T, StoreError> {
+fn parse<T>(v: &str, parse: impl Fn(&str) -> Result<T, lifecycle::Invalid>) -> Result<T, StoreError> {
     parse(v).map_err(StoreError::internal)
 }
 
-fn opt<T>(
-    v: Option<String>,
-    p: impl Fn(&str) -> Result<T, lifecycle::Invalid>,
-) -> Result<Option<T>, StoreError> {
+fn opt<T>(v: Option<String>, p: impl Fn(&str) -> Result<T, lifecycle::Invalid>) -> Result<Option<T>, StoreError> {
     v.map(|s| parse(&s, &p)).transpose()
 }
 
@@ -58,14 +52,12 @@ pub(crate) async fn get(
     record_type: RecordType,
     id: &str,
 ) -> Result<Option<RecordWithHistory>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM records WHERE id = $1 AND record_type = $2"
-    ))
-    .bind(id)
-    .bind(record_type.as_str())
-    .fetch_optional(pool)
-    .await
-    .map_err(error)?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM records WHERE id = $1 AND record_type = $2"))
+        .bind(id)
+        .bind(record_type.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(error)?;
     let Some(row) = row else { return Ok(None) };
     let record = record(&row)?;
     let rows = sqlx::query(
@@ -79,16 +71,10 @@ pub(crate) async fn get(
     for r in rows {
         history.push(HistoryEntry {
             from: opt(r.try_get("from_status").map_err(error)?, Status::parse)?,
-            to: parse(
-                &r.try_get::<String, _>("to_status").map_err(error)?,
-                Status::parse,
-            )?,
+            to: parse(&r.try_get::<String, _>("to_status").map_err(error)?, Status::parse)?,
             at: r.try_get("at").map_err(error)?,
             request_id: r.try_get("request_id").map_err(error)?,
-            channel: parse(
-                &r.try_get::<String, _>("channel").map_err(error)?,
-                Channel::parse,
-            )?,
+            channel: parse(&r.try_get::<String, _>("channel").map_err(error)?, Channel::parse)?,
             reason: opt(r.try_get("reason").map_err(error)?, Reason::parse)?,
         });
     }

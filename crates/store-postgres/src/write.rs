@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan,
-    Matching, OpenRecord, OwnerId, Reason, RecordType, Snapshot, Status, Target,
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
+    OwnerId, Reason, RecordType, Snapshot, Status, Target,
 };
 use sqlx::{PgPool, Postgres, Transaction};
 use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
@@ -52,18 +52,13 @@ where
             }
         }
     }
-    Err(last
-        .map(error)
-        .unwrap_or_else(|| StoreError::internal("no attempt made")))
+    Err(last.map(error).unwrap_or_else(|| StoreError::internal("no attempt made")))
 }
 
 type Tx = Transaction<'static, Postgres>;
 
 async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(key)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(key).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -91,14 +86,12 @@ async fn history(
 }
 
 async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE records SET status = $1, updated_at = now() WHERE id = $2 AND status = $3",
-    )
-    .bind(to.as_str())
-    .bind(id)
-    .bind(from.as_str())
-    .execute(&mut **tx)
-    .await?;
+    let done = sqlx::query("UPDATE records SET status = $1, updated_at = now() WHERE id = $2 AND status = $3")
+        .bind(to.as_str())
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut **tx)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -152,19 +145,9 @@ pub(crate) async fn create(
     let owner_changed = Reason::owner_changed();
     for id in &close {
         if !set_status(&mut tx, id, open, Status::CloseLost).await? {
-            return Err(
-                StoreError::internal(format!("record {id} changed under the key lock")).into(),
-            );
+            return Err(StoreError::internal(format!("record {id} changed under the key lock")).into());
         }
-        history(
-            &mut tx,
-            id,
-            Some(open),
-            Status::CloseLost,
-            ctx,
-            Some(&owner_changed),
-        )
-        .await?;
+        history(&mut tx, id, Some(open), Status::CloseLost, ctx, Some(&owner_changed)).await?;
     }
     let id = new_id();
     let c = &request.customer;
@@ -203,21 +186,19 @@ pub(crate) async fn create(
 
 /// Locks the key of the record `id` names and reads it; `NotFound` when there is no such record.
 async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result<Target, Failure> {
-    let key: Option<String> =
-        sqlx::query_scalar("SELECT match_key FROM records WHERE id = $1 AND record_type = $2")
-            .bind(id)
-            .bind(record_type.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
+    let key: Option<String> = sqlx::query_scalar("SELECT match_key FROM records WHERE id = $1 AND record_type = $2")
+        .bind(id)
+        .bind(record_type.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
     let key = key.ok_or(StoreError::NotFound)?;
     // The key never changes, so locking it after the unlocked read is sound.
     lock_key(tx, &key).await?;
-    let (status, converted): (String, Option<String>) = sqlx::query_as(
-        "SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let (status, converted): (String, Option<String>) =
+        sqlx::query_as("SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(Target {
         id: id.to_owned(),
         record_type,
@@ -246,15 +227,7 @@ pub(crate) async fn close_won(
         }
         CloseWonPlan::Win { convert } => {
             set_status(&mut tx, id, t.status, Status::CloseWon).await?;
-            history(
-                &mut tx,
-                id,
-                Some(t.status),
-                Status::CloseWon,
-                ctx,
-                ctx.reason.as_ref(),
-            )
-            .await?;
+            history(&mut tx, id, Some(t.status), Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
             if convert {
                 let opp = new_id();
                 sqlx::query(
@@ -274,15 +247,7 @@ pub(crate) async fn close_won(
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                history(
-                    &mut tx,
-                    &opp,
-                    None,
-                    Status::CloseWon,
-                    ctx,
-                    ctx.reason.as_ref(),
-                )
-                .await?;
+                history(&mut tx, &opp, None, Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
                 t.converted_opportunity_id = Some(opp);
             }
             tx.commit().await?;
@@ -307,20 +272,9 @@ pub(crate) async fn close_lost(
         }
         CloseLostPlan::Lose => {
             set_status(&mut tx, id, t.status, Status::CloseLost).await?;
-            history(
-                &mut tx,
-                id,
-                Some(t.status),
-                Status::CloseLost,
-                ctx,
-                ctx.reason.as_ref(),
-            )
-            .await?;
+            history(&mut tx, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
             tx.commit().await?;
         }
     }
-    Ok(RecordRef {
-        id: t.id,
-        status: Status::CloseLost,
-    })
+    Ok(RecordRef { id: t.id, status: Status::CloseLost })
 }

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use rusqlite::{Connection, OpenFlags};
 use store::{
-    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext,
-    SearchResult, Store, StoreError,
+    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
+    StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,12 +44,7 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            matching: Matching::default(),
-            max_batch: 256,
-            queue: 4096,
-        }
+        Self { path: path.into(), matching: Matching::default(), max_batch: 256, queue: 4096 }
     }
 }
 
@@ -57,32 +52,15 @@ impl SqliteConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create the folder {path}: {source}")]
-    Folder {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Folder { path: PathBuf, source: std::io::Error },
     #[error("cannot open the SQLite database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("cannot migrate the SQLite database {path}: {source}")]
-    Migrate {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Migrate { path: PathBuf, source: rusqlite::Error },
     #[error("the database {path} was created with schema version {found}, newer than this binary's {known}")]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
+    TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("the database {path} uses matching {stored}, but the configuration asks for {configured}; matching cannot change on an existing store")]
-    MatchingChanged {
-        path: PathBuf,
-        stored: String,
-        configured: &'static str,
-    },
+    MatchingChanged { path: PathBuf, stored: String, configured: &'static str },
 }
 
 /// The embedded store. Cheap to share behind an `Arc`; [`SqliteStore::shutdown`] drains the writer.
@@ -95,14 +73,9 @@ pub struct SqliteStore {
 fn connect(path: &Path) -> Result<Connection, OpenError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|source| OpenError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it is acknowledged.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -110,20 +83,14 @@ fn connect(path: &Path) -> Result<Connection, OpenError> {
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;",
     )
-    .map_err(|source| OpenError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
     Ok(conn)
 }
 
 fn ensure_folder(path: &Path) -> Result<(), OpenError> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => {
-            std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder {
-                path: dir.to_owned(),
-                source,
-            })
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder { path: dir.to_owned(), source })
         }
         _ => Ok(()),
     }
@@ -145,23 +112,13 @@ impl SqliteStore {
         schema::migrate(&mut conn, &config.path)?;
         schema::check_matching(&conn, &config.path, config.matching)?;
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
-        let settings = writer::Settings {
-            matching: config.matching,
-            max_batch: config.max_batch.max(1),
-        };
+        let settings = writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1) };
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer::run(conn, queue, settings))
-            .map_err(|source| OpenError::Folder {
-                path: config.path.clone(),
-                source,
-            })?;
+            .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let readers = Arc::new(read::Readers::new(config.path.clone()));
-        Ok(Self {
-            jobs,
-            readers,
-            writer: Mutex::new(Some(writer)),
-        })
+        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)) })
     }
 
     /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
@@ -178,29 +135,16 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Job,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
+        self.jobs.send(make(tx)).await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
+        rx.await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(
-        &self,
-        request: &CreateRequest,
-        ctx: &RequestContext,
-    ) -> Result<CreateOutcome, StoreError> {
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         let (request, ctx) = (request.clone(), ctx.clone());
-        self.submit(|reply| writer::Job::Create {
-            request,
-            ctx,
-            reply,
-        })
-        .await
+        self.submit(|reply| writer::Job::Create { request, ctx, reply }).await
     }
 
     async fn close_won(
@@ -211,14 +155,7 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(|reply| writer::Job::CloseWon {
-            record_type,
-            id,
-            convert,
-            ctx,
-            reply,
-        })
-        .await
+        self.submit(|reply| writer::Job::CloseWon { record_type, id, convert, ctx, reply }).await
     }
 
     async fn close_lost(
@@ -228,46 +165,23 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(|reply| writer::Job::CloseLost {
-            record_type,
-            id,
-            ctx,
-            reply,
-        })
-        .await
+        self.submit(|reply| writer::Job::CloseLost { record_type, id, ctx, reply }).await
     }
 
-    async fn get(
-        &self,
-        record_type: RecordType,
-        id: &str,
-    ) -> Result<Option<RecordWithHistory>, StoreError> {
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {
         let id = id.to_owned();
-        self.readers
-            .run(move |conn| read::get(conn, record_type, &id))
-            .await
+        self.readers.run(move |conn| read::get(conn, record_type, &id)).await
     }
 
-    async fn search(
-        &self,
-        id_number: &IdNumber,
-        product: Option<&Product>,
-    ) -> Result<SearchResult, StoreError> {
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError> {
         let (id_number, product) = (id_number.clone(), product.cloned());
-        self.readers
-            .run(move |conn| read::search(conn, &id_number, product.as_ref()))
-            .await
+        self.readers.run(move |conn| read::search(conn, &id_number, product.as_ref())).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
         if self.jobs.is_closed() {
             return Err(StoreError::unavailable("the SQLite writer has stopped"));
         }
-        self.readers
-            .run(|conn| {
-                conn.query_row("SELECT 1", [], |_| Ok(()))
-                    .map_err(read::error)
-            })
-            .await
+        self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(read::error)).await
     }
 }

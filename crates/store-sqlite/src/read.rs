@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lifecycle::{
-    Channel, Cif, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product,
-    Reason, RecordType, Status,
+    Channel, Cif, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product, Reason, RecordType,
+    Status,
 };
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 use store::{HistoryEntry, Record, RecordWithHistory, SearchResult, StoreError};
@@ -18,14 +18,11 @@ const TIME: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 pub(crate) fn format_time(t: OffsetDateTime) -> String {
-    t.format(TIME)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(TIME).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
-    PrimitiveDateTime::parse(s, TIME)
-        .map(PrimitiveDateTime::assume_utc)
-        .map_err(StoreError::internal)
+    PrimitiveDateTime::parse(s, TIME).map(PrimitiveDateTime::assume_utc).map_err(StoreError::internal)
 }
 
 /// SQLite's failures in the port's terms: a busy, full or failing disk is the backend being unavailable
@@ -53,23 +50,17 @@ pub(crate) struct Readers {
 
 impl Readers {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            idle: Mutex::new(Vec::new()),
-        }
+        Self { path, idle: Mutex::new(Vec::new()) }
     }
 
     fn take(&self) -> Result<Connection, StoreError> {
         if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             return Ok(conn);
         }
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(error)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(error)?;
+        let conn =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(error)?;
         Ok(conn)
     }
 
@@ -95,12 +86,8 @@ impl Readers {
 const COLUMNS: &str = "id, record_type, status, owner_id, customer_type, id_number, cif, full_name, phone, email,
     product, channel, journey_id, converted_opportunity_id, converted_from_lead_id, created_at, updated_at";
 
-fn opt<T>(
-    v: Option<String>,
-    parse: impl Fn(&str) -> Result<T, lifecycle::Invalid>,
-) -> Result<Option<T>, StoreError> {
-    v.map(|s| parse(&s).map_err(StoreError::internal))
-        .transpose()
+fn opt<T>(v: Option<String>, parse: impl Fn(&str) -> Result<T, lifecycle::Invalid>) -> Result<Option<T>, StoreError> {
+    v.map(|s| parse(&s).map_err(StoreError::internal)).transpose()
 }
 
 fn record(r: &Row<'_>) -> Result<Record, StoreError> {
@@ -146,15 +133,10 @@ pub(crate) fn get(
     id: &str,
 ) -> Result<Option<RecordWithHistory>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM records WHERE id = ?1 AND record_type = ?2"
-        ))
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE id = ?1 AND record_type = ?2"))
         .map_err(error)?;
-    let Some(record) = stmt
-        .query_row(params![id, record_type.as_str()], |r| Ok(record(r)))
-        .optional()
-        .map_err(error)?
-        .transpose()?
+    let Some(record) =
+        stmt.query_row(params![id, record_type.as_str()], |r| Ok(record(r))).optional().map_err(error)?.transpose()?
     else {
         return Ok(None);
     };
@@ -184,9 +166,7 @@ pub(crate) fn search(
              ORDER BY seq DESC"
         ))
         .map_err(error)?;
-    let mut rows = stmt
-        .query(params![id_number.expose(), product.map(Product::as_str)])
-        .map_err(error)?;
+    let mut rows = stmt.query(params![id_number.expose(), product.map(Product::as_str)]).map_err(error)?;
     let mut result = SearchResult::default();
     while let Some(r) = rows.next().map_err(error)? {
         let rec = record(r)?;

@@ -8,29 +8,15 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use crate::OpenError;
 
 /// Every migration, in order; the position (from 1) is the schema version it brings the database to.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_records",
-    include_str!("../migrations/0001_records.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[("0001_records", include_str!("../migrations/0001_records.sql"))];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {
-    let err = |source| OpenError::Migrate {
-        path: path.to_owned(),
-        source,
-    };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err)?;
-    let current: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(err)?;
+    let err = |source| OpenError::Migrate { path: path.to_owned(), source };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(OpenError::TooNew {
-            path: path.to_owned(),
-            found: current,
-            known,
-        });
+        return Err(OpenError::TooNew { path: path.to_owned(), found: current, known });
     }
     for (_, sql) in &MIGRATIONS[current as usize..] {
         tx.execute_batch(sql).map_err(err)?;
@@ -41,35 +27,18 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenE
 }
 
 /// The matching mode decides which key the unique index guards, so it is fixed when the store is created.
-pub(crate) fn check_matching(
-    conn: &Connection,
-    path: &Path,
-    matching: Matching,
-) -> Result<(), OpenError> {
-    let err = |source| OpenError::Migrate {
-        path: path.to_owned(),
-        source,
-    };
-    let stored: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE name = 'matching'", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(err)?;
+pub(crate) fn check_matching(conn: &Connection, path: &Path, matching: Matching) -> Result<(), OpenError> {
+    let err = |source| OpenError::Migrate { path: path.to_owned(), source };
+    let stored: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE name = 'matching'", [], |r| r.get(0)).optional().map_err(err)?;
     match stored {
         None => {
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES ('matching', ?1)",
-                [matching.as_str()],
-            )
-            .map_err(err)?;
+            conn.execute("INSERT INTO meta (name, value) VALUES ('matching', ?1)", [matching.as_str()]).map_err(err)?;
             Ok(())
         }
         Some(s) if s == matching.as_str() => Ok(()),
-        Some(stored) => Err(OpenError::MatchingChanged {
-            path: path.to_owned(),
-            stored,
-            configured: matching.as_str(),
-        }),
+        Some(stored) => {
+            Err(OpenError::MatchingChanged { path: path.to_owned(), stored, configured: matching.as_str() })
+        }
     }
 }

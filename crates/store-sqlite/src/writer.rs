@@ -1,8 +1,8 @@
 //! The writer thread: batches of jobs, one transaction and one fsync per batch, a savepoint per job.
 
 use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan,
-    Matching, OpenRecord, OwnerId, Reason, RecordType, Snapshot, Status, Target,
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
+    OwnerId, Reason, RecordType, Snapshot, Status, Target,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
@@ -15,24 +15,9 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write operation waiting for the writer.
 pub(crate) enum Job {
-    Create {
-        request: CreateRequest,
-        ctx: RequestContext,
-        reply: Reply<CreateOutcome>,
-    },
-    CloseWon {
-        record_type: RecordType,
-        id: String,
-        convert: bool,
-        ctx: RequestContext,
-        reply: Reply<CloseWonOutcome>,
-    },
-    CloseLost {
-        record_type: RecordType,
-        id: String,
-        ctx: RequestContext,
-        reply: Reply<RecordRef>,
-    },
+    Create { request: CreateRequest, ctx: RequestContext, reply: Reply<CreateOutcome> },
+    CloseWon { record_type: RecordType, id: String, convert: bool, ctx: RequestContext, reply: Reply<CloseWonOutcome> },
+    CloseLost { record_type: RecordType, id: String, ctx: RequestContext, reply: Reply<RecordRef> },
 }
 
 pub(crate) struct Settings {
@@ -124,43 +109,21 @@ impl Job {
         ) -> Result<T, StoreError> {
             tx.execute_batch("SAVEPOINT job").map_err(error)?;
             let result = f(tx);
-            let end = if result.is_ok() {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
+            let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
             tx.execute_batch(end).map_err(error)?;
             result
         }
         let now = OffsetDateTime::now_utc();
         match self {
-            Job::Create {
-                request,
-                ctx,
-                reply,
-            } => Done::Create(
-                reply,
-                in_savepoint(tx, |tx| create(tx, &request, &ctx, settings.matching, now)),
-            ),
-            Job::CloseWon {
-                record_type,
-                id,
-                convert,
-                ctx,
-                reply,
-            } => Done::CloseWon(
-                reply,
-                in_savepoint(tx, |tx| close_won(tx, record_type, &id, convert, &ctx, now)),
-            ),
-            Job::CloseLost {
-                record_type,
-                id,
-                ctx,
-                reply,
-            } => Done::CloseLost(
-                reply,
-                in_savepoint(tx, |tx| close_lost(tx, record_type, &id, &ctx, now)),
-            ),
+            Job::Create { request, ctx, reply } => {
+                Done::Create(reply, in_savepoint(tx, |tx| create(tx, &request, &ctx, settings.matching, now)))
+            }
+            Job::CloseWon { record_type, id, convert, ctx, reply } => {
+                Done::CloseWon(reply, in_savepoint(tx, |tx| close_won(tx, record_type, &id, convert, &ctx, now)))
+            }
+            Job::CloseLost { record_type, id, ctx, reply } => {
+                Done::CloseLost(reply, in_savepoint(tx, |tx| close_lost(tx, record_type, &id, &ctx, now)))
+            }
         }
     }
 }
@@ -174,13 +137,7 @@ fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
         )
         .map_err(error)?;
     let rows = stmt
-        .query_map([key], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
+        .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
         .map_err(error)?;
     let mut open = Vec::new();
     for row in rows {
@@ -224,17 +181,9 @@ fn history(
 
 /// Moves an open record to a final status; `false` when it was no longer open (it cannot happen under the
 /// single writer, but the condition keeps the update honest).
-fn set_status(
-    tx: &Transaction<'_>,
-    id: &str,
-    from: Status,
-    to: Status,
-    at: &str,
-) -> Result<bool, StoreError> {
+fn set_status(tx: &Transaction<'_>, id: &str, from: Status, to: Status, at: &str) -> Result<bool, StoreError> {
     let n = tx
-        .prepare_cached(
-            "UPDATE records SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
-        )
+        .prepare_cached("UPDATE records SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
         .and_then(|mut s| s.execute(params![to.as_str(), at, id, from.as_str()]))
         .map_err(error)?;
     Ok(n == 1)
@@ -252,11 +201,7 @@ fn create(
     now: OffsetDateTime,
 ) -> Result<CreateOutcome, StoreError> {
     let key = request.match_key(matching);
-    let plan = plan_create(
-        request.customer_type,
-        &request.owner_id,
-        &snapshot(tx, key.expose())?,
-    );
+    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot(tx, key.expose())?);
     let result = plan.result();
     match plan {
         CreatePlan::Existing { record_type, id } => Ok(CreateOutcome {
@@ -273,19 +218,9 @@ fn create(
             let owner_changed = Reason::owner_changed();
             for id in &close {
                 if !set_status(tx, id, open, Status::CloseLost, &at)? {
-                    return Err(StoreError::internal(format!(
-                        "record {id} changed under the writer"
-                    )));
+                    return Err(StoreError::internal(format!("record {id} changed under the writer")));
                 }
-                history(
-                    tx,
-                    id,
-                    Some(open),
-                    Status::CloseLost,
-                    &at,
-                    ctx,
-                    Some(&owner_changed),
-                )?;
+                history(tx, id, Some(open), Status::CloseLost, &at, ctx, Some(&owner_changed))?;
             }
             let id = new_id();
             let c = &request.customer;
@@ -328,25 +263,23 @@ fn create(
 }
 
 fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Target, StoreError> {
-    tx.prepare_cached(
-        "SELECT status, converted_opportunity_id FROM records WHERE id = ?1 AND record_type = ?2",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![id, record_type.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    tx.prepare_cached("SELECT status, converted_opportunity_id FROM records WHERE id = ?1 AND record_type = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![id, record_type.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()
         })
-        .optional()
-    })
-    .map_err(error)?
-    .ok_or(StoreError::NotFound)
-    .and_then(|(status, converted)| {
-        Ok(Target {
-            id: id.to_owned(),
-            record_type,
-            status: Status::parse(&status).map_err(StoreError::internal)?,
-            converted_opportunity_id: converted,
+        .map_err(error)?
+        .ok_or(StoreError::NotFound)
+        .and_then(|(status, converted)| {
+            Ok(Target {
+                id: id.to_owned(),
+                record_type,
+                status: Status::parse(&status).map_err(StoreError::internal)?,
+                converted_opportunity_id: converted,
+            })
         })
-    })
 }
 
 fn close_won(
@@ -364,15 +297,7 @@ fn close_won(
         CloseWonPlan::Win { convert } => {
             let at = format_time(now);
             set_status(tx, id, t.status, Status::CloseWon, &at)?;
-            history(
-                tx,
-                id,
-                Some(t.status),
-                Status::CloseWon,
-                &at,
-                ctx,
-                ctx.reason.as_ref(),
-            )?;
+            history(tx, id, Some(t.status), Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
             if convert {
                 let opp = new_id();
                 // The opportunity takes the lead's customer, product, owner, channel and journey.
@@ -389,15 +314,7 @@ fn close_won(
                 tx.prepare_cached("UPDATE records SET converted_opportunity_id = ?1 WHERE id = ?2")
                     .and_then(|mut s| s.execute(params![opp, id]))
                     .map_err(error)?;
-                history(
-                    tx,
-                    &opp,
-                    None,
-                    Status::CloseWon,
-                    &at,
-                    ctx,
-                    ctx.reason.as_ref(),
-                )?;
+                history(tx, &opp, None, Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
                 t.converted_opportunity_id = Some(opp);
             }
             Ok(CloseWonOutcome::won(&t))
@@ -419,19 +336,8 @@ fn close_lost(
         CloseLostPlan::Lose => {
             let at = format_time(now);
             set_status(tx, id, t.status, Status::CloseLost, &at)?;
-            history(
-                tx,
-                id,
-                Some(t.status),
-                Status::CloseLost,
-                &at,
-                ctx,
-                ctx.reason.as_ref(),
-            )?;
+            history(tx, id, Some(t.status), Status::CloseLost, &at, ctx, ctx.reason.as_ref())?;
         }
     }
-    Ok(RecordRef {
-        id: t.id,
-        status: Status::CloseLost,
-    })
+    Ok(RecordRef { id: t.id, status: Status::CloseLost })
 }

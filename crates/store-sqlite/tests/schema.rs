@@ -39,9 +39,7 @@ fn durability_settings_are_on() {
     let path = dir.path().join("crm.db");
     let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
     let conn = Connection::open(&path).unwrap();
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     store.shutdown();
 }
@@ -50,9 +48,7 @@ fn durability_settings_are_on() {
 fn matching_cannot_change_under_an_existing_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crm.db");
-    SqliteStore::open(SqliteConfig::new(&path))
-        .unwrap()
-        .shutdown();
+    SqliteStore::open(SqliteConfig::new(&path)).unwrap().shutdown();
     let mut config = SqliteConfig::new(&path);
     config.matching = Matching::IdNumber;
     match SqliteStore::open(config) {

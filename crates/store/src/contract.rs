@@ -46,19 +46,10 @@ macro_rules! contract_suite {
 }
 
 pub fn ctx(request_id: &str) -> RequestContext {
-    RequestContext {
-        request_id: request_id.into(),
-        channel: Channel::parse("MOBILE_APP").unwrap(),
-        reason: None,
-    }
+    RequestContext { request_id: request_id.into(), channel: Channel::parse("MOBILE_APP").unwrap(), reason: None }
 }
 
-pub fn request(
-    customer_type: CustomerType,
-    id_number: &str,
-    product: &str,
-    owner: &str,
-) -> CreateRequest {
+pub fn request(customer_type: CustomerType, id_number: &str, product: &str, owner: &str) -> CreateRequest {
     CreateRequest {
         customer_type,
         customer: Customer {
@@ -84,76 +75,39 @@ fn etb(owner: &str) -> CreateRequest {
 }
 
 async fn status_of(store: &dyn Store, record_type: RecordType, id: &str) -> Status {
-    store
-        .get(record_type, id)
-        .await
-        .unwrap()
-        .expect("record exists")
-        .record
-        .status
+    store.get(record_type, id).await.unwrap().expect("record exists").record.status
 }
 
 pub async fn ntb_create_then_existing_then_replaced(store: Arc<dyn Store>) {
     let first = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     assert_eq!(first.result, CreateResult::Created, "N5");
-    assert_eq!(
-        (first.record_type, first.status),
-        (RecordType::Lead, Status::NewLead)
-    );
+    assert_eq!((first.record_type, first.status), (RecordType::Lead, Status::NewLead));
     assert_eq!(first.owner_id.as_str(), "RM001");
     assert!(first.closed_record_ids.is_empty());
 
     let again = store.create(&ntb("RM001"), &ctx("r2")).await.unwrap();
-    assert_eq!(
-        (again.result, again.id.as_str()),
-        (CreateResult::Existing, first.id.as_str()),
-        "N3"
-    );
+    assert_eq!((again.result, again.id.as_str()), (CreateResult::Existing, first.id.as_str()), "N3");
     assert!(again.closed_record_ids.is_empty());
 
     let other = store.create(&ntb("RM002"), &ctx("r3")).await.unwrap();
     assert_eq!(other.result, CreateResult::Replaced, "N4");
-    assert_eq!(
-        (other.record_type, other.status),
-        (RecordType::Lead, Status::NewLead)
-    );
+    assert_eq!((other.record_type, other.status), (RecordType::Lead, Status::NewLead));
     assert_eq!(other.closed_record_ids, vec![first.id.clone()]);
     assert_ne!(other.id, first.id);
-    assert_eq!(
-        status_of(&*store, RecordType::Lead, &first.id).await,
-        Status::CloseLost
-    );
-    let old = store
-        .get(RecordType::Lead, &first.id)
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(status_of(&*store, RecordType::Lead, &first.id).await, Status::CloseLost);
+    let old = store.get(RecordType::Lead, &first.id).await.unwrap().unwrap();
     let last = old.history.last().unwrap();
-    assert_eq!(
-        last.reason.as_ref().map(Reason::as_str),
-        Some("OWNER_CHANGED")
-    );
+    assert_eq!(last.reason.as_ref().map(Reason::as_str), Some("OWNER_CHANGED"));
     assert_eq!(last.request_id, "r3");
 
-    let record = store
-        .get(RecordType::Lead, &other.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .record;
+    let record = store.get(RecordType::Lead, &other.id).await.unwrap().unwrap().record;
     assert_eq!(record.owner_id.as_str(), "RM002");
     assert_eq!(record.customer_type, CustomerType::Ntb);
     assert_eq!(record.id_number.expose(), "079123456789");
     assert_eq!(record.product.as_str(), "CREDIT_CARD");
     assert_eq!(record.channel.as_str(), "MOBILE_APP");
-    assert_eq!(
-        record.journey_id.as_ref().map(JourneyId::as_str),
-        Some("J-1")
-    );
-    assert_eq!(
-        record.email.as_ref().map(Email::expose),
-        Some("a@example.com")
-    );
+    assert_eq!(record.journey_id.as_ref().map(JourneyId::as_str), Some("J-1"));
+    assert_eq!(record.email.as_ref().map(Email::expose), Some("a@example.com"));
     assert!(record.cif.is_none());
 }
 
@@ -162,37 +116,19 @@ pub async fn etb_rows_and_leads_untouched(store: Arc<dyn Store>) {
     let e3 = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
     assert_eq!(
         (e3.result, e3.record_type, e3.status),
-        (
-            CreateResult::Created,
-            RecordType::Opportunity,
-            Status::NewOpportunity
-        )
+        (CreateResult::Created, RecordType::Opportunity, Status::NewOpportunity)
     );
     let e1 = store.create(&etb("RM001"), &ctx("r2")).await.unwrap();
-    assert_eq!(
-        (e1.result, e1.id.as_str()),
-        (CreateResult::Existing, e3.id.as_str())
-    );
+    assert_eq!((e1.result, e1.id.as_str()), (CreateResult::Existing, e3.id.as_str()));
     let e2 = store.create(&etb("RM002"), &ctx("r3")).await.unwrap();
     assert_eq!(e2.result, CreateResult::Replaced);
     assert_eq!(e2.record_type, RecordType::Opportunity);
     assert_eq!(e2.closed_record_ids, vec![e3.id.clone()]);
-    assert_eq!(
-        status_of(&*store, RecordType::Opportunity, &e3.id).await,
-        Status::CloseLost
-    );
-    let record = store
-        .get(RecordType::Opportunity, &e2.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .record;
+    assert_eq!(status_of(&*store, RecordType::Opportunity, &e3.id).await, Status::CloseLost);
+    let record = store.get(RecordType::Opportunity, &e2.id).await.unwrap().unwrap().record;
     assert_eq!(record.cif.as_ref().map(Cif::expose), Some("CIF001"));
     // ETB never reads or changes leads.
-    assert_eq!(
-        status_of(&*store, RecordType::Lead, &lead.id).await,
-        Status::NewLead
-    );
+    assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead);
 }
 
 pub async fn ntb_checks_opportunities_first(store: Arc<dyn Store>) {
@@ -201,370 +137,156 @@ pub async fn ntb_checks_opportunities_first(store: Arc<dyn Store>) {
     let n1 = store.create(&ntb("RM001"), &ctx("r2")).await.unwrap();
     assert_eq!(
         (n1.result, n1.record_type, n1.id.as_str()),
-        (
-            CreateResult::Existing,
-            RecordType::Opportunity,
-            opp.id.as_str()
-        ),
+        (CreateResult::Existing, RecordType::Opportunity, opp.id.as_str()),
         "N1"
     );
     let n2 = store.create(&ntb("RM002"), &ctx("r3")).await.unwrap();
-    assert_eq!(
-        (n2.result, n2.record_type),
-        (CreateResult::Replaced, RecordType::Opportunity),
-        "N2"
-    );
+    assert_eq!((n2.result, n2.record_type), (CreateResult::Replaced, RecordType::Opportunity), "N2");
     assert_eq!(n2.closed_record_ids, vec![opp.id.clone()]);
-    assert_eq!(
-        status_of(&*store, RecordType::Lead, &lead.id).await,
-        Status::NewLead,
-        "N2 leaves leads"
-    );
+    assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead, "N2 leaves leads");
 }
 
 pub async fn closed_records_never_block(store: Arc<dyn Store>) {
     // Reading 1: an NTB customer with only closed opportunities goes on to the lead check.
     let opp = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
-    store
-        .close_lost(RecordType::Opportunity, &opp.id, &ctx("r2"))
-        .await
-        .unwrap();
+    store.close_lost(RecordType::Opportunity, &opp.id, &ctx("r2")).await.unwrap();
     let lead = store.create(&ntb("RM001"), &ctx("r3")).await.unwrap();
-    assert_eq!(
-        (lead.result, lead.record_type),
-        (CreateResult::Created, RecordType::Lead)
-    );
+    assert_eq!((lead.result, lead.record_type), (CreateResult::Created, RecordType::Lead));
     // Reading 2: a Close Won lead is not open, so a new journey gets a new lead.
-    store
-        .close_won(RecordType::Lead, &lead.id, false, &ctx("r4"))
-        .await
-        .unwrap();
+    store.close_won(RecordType::Lead, &lead.id, false, &ctx("r4")).await.unwrap();
     let next = store.create(&ntb("RM001"), &ctx("r5")).await.unwrap();
-    assert_eq!(
-        (next.result, next.record_type),
-        (CreateResult::Created, RecordType::Lead)
-    );
+    assert_eq!((next.result, next.record_type), (CreateResult::Created, RecordType::Lead));
     assert_ne!(next.id, lead.id);
     // A Close Won opportunity does not block an ETB create either.
     let won = store.create(&etb("RM001"), &ctx("r6")).await.unwrap();
-    store
-        .close_won(RecordType::Opportunity, &won.id, true, &ctx("r7"))
-        .await
-        .unwrap();
+    store.close_won(RecordType::Opportunity, &won.id, true, &ctx("r7")).await.unwrap();
     let again = store.create(&etb("RM001"), &ctx("r8")).await.unwrap();
     assert_eq!(again.result, CreateResult::Created);
 }
 
 pub async fn product_scoping(store: Arc<dyn Store>) {
-    let card = store
-        .create(
-            &request(CustomerType::Ntb, "X1", "CREDIT_CARD", "RM001"),
-            &ctx("r1"),
-        )
-        .await
-        .unwrap();
-    let loan = store
-        .create(
-            &request(CustomerType::Ntb, "X1", "PERSONAL_LOAN", "RM002"),
-            &ctx("r2"),
-        )
-        .await
-        .unwrap();
+    let card = store.create(&request(CustomerType::Ntb, "X1", "CREDIT_CARD", "RM001"), &ctx("r1")).await.unwrap();
+    let loan = store.create(&request(CustomerType::Ntb, "X1", "PERSONAL_LOAN", "RM002"), &ctx("r2")).await.unwrap();
     assert_eq!(loan.result, CreateResult::Created);
     assert_ne!(card.id, loan.id);
-    assert_eq!(
-        status_of(&*store, RecordType::Lead, &card.id).await,
-        Status::NewLead
-    );
-    let other_customer = store
-        .create(
-            &request(CustomerType::Ntb, "X2", "CREDIT_CARD", "RM002"),
-            &ctx("r3"),
-        )
-        .await
-        .unwrap();
+    assert_eq!(status_of(&*store, RecordType::Lead, &card.id).await, Status::NewLead);
+    let other_customer =
+        store.create(&request(CustomerType::Ntb, "X2", "CREDIT_CARD", "RM002"), &ctx("r3")).await.unwrap();
     assert_eq!(other_customer.result, CreateResult::Created);
 }
 
 pub async fn close_won_opportunity(store: Arc<dyn Store>) {
     let opp = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
-    let won = store
-        .close_won(RecordType::Opportunity, &opp.id, true, &ctx("r2"))
-        .await
-        .unwrap();
+    let won = store.close_won(RecordType::Opportunity, &opp.id, true, &ctx("r2")).await.unwrap();
     assert!(won.lead.is_none());
     let o = won.opportunity.clone().unwrap();
-    assert_eq!(
-        (o.id.as_str(), o.status),
-        (opp.id.as_str(), Status::CloseWon)
-    );
-    let repeat = store
-        .close_won(RecordType::Opportunity, &opp.id, true, &ctx("r3"))
-        .await
-        .unwrap();
+    assert_eq!((o.id.as_str(), o.status), (opp.id.as_str(), Status::CloseWon));
+    let repeat = store.close_won(RecordType::Opportunity, &opp.id, true, &ctx("r3")).await.unwrap();
     assert_eq!(repeat, won, "idempotent repeat");
-    let lost = store
-        .close_lost(RecordType::Opportunity, &opp.id, &ctx("r4"))
-        .await;
-    assert!(
-        matches!(
-            lost,
-            Err(StoreError::InvalidTransition {
-                current: Status::CloseWon
-            })
-        ),
-        "{lost:?}"
-    );
-    let history = store
-        .get(RecordType::Opportunity, &opp.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .history;
-    assert_eq!(
-        history.len(),
-        2,
-        "the repeat and the refusal change nothing"
-    );
+    let lost = store.close_lost(RecordType::Opportunity, &opp.id, &ctx("r4")).await;
+    assert!(matches!(lost, Err(StoreError::InvalidTransition { current: Status::CloseWon })), "{lost:?}");
+    let history = store.get(RecordType::Opportunity, &opp.id).await.unwrap().unwrap().history;
+    assert_eq!(history.len(), 2, "the repeat and the refusal change nothing");
 }
 
 pub async fn close_won_lead_converts_once(store: Arc<dyn Store>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
-    let won = store
-        .close_won(RecordType::Lead, &lead.id, true, &ctx("r2"))
-        .await
-        .unwrap();
+    let won = store.close_won(RecordType::Lead, &lead.id, true, &ctx("r2")).await.unwrap();
     let l = won.lead.clone().unwrap();
     let o = won.opportunity.clone().expect("converted");
-    assert_eq!(
-        (l.id.as_str(), l.status, o.status),
-        (lead.id.as_str(), Status::CloseWon, Status::CloseWon)
-    );
-    let repeat = store
-        .close_won(RecordType::Lead, &lead.id, true, &ctx("r3"))
-        .await
-        .unwrap();
+    assert_eq!((l.id.as_str(), l.status, o.status), (lead.id.as_str(), Status::CloseWon, Status::CloseWon));
+    let repeat = store.close_won(RecordType::Lead, &lead.id, true, &ctx("r3")).await.unwrap();
     assert_eq!(repeat, won, "same body, no second conversion");
-    let all = store
-        .search(&IdNumber::parse("079123456789").unwrap(), None)
-        .await
-        .unwrap();
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
     assert_eq!(all.opportunities.len(), 1);
 
-    let lead_rec = store
-        .get(RecordType::Lead, &lead.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .record;
-    let opp = store
-        .get(RecordType::Opportunity, &o.id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        lead_rec.converted_opportunity_id.as_deref(),
-        Some(o.id.as_str())
-    );
-    assert_eq!(
-        opp.record.converted_from_lead_id.as_deref(),
-        Some(lead.id.as_str())
-    );
+    let lead_rec = store.get(RecordType::Lead, &lead.id).await.unwrap().unwrap().record;
+    let opp = store.get(RecordType::Opportunity, &o.id).await.unwrap().unwrap();
+    assert_eq!(lead_rec.converted_opportunity_id.as_deref(), Some(o.id.as_str()));
+    assert_eq!(opp.record.converted_from_lead_id.as_deref(), Some(lead.id.as_str()));
     assert_eq!(opp.record.owner_id, lead_rec.owner_id);
     assert_eq!(opp.record.product, lead_rec.product);
     assert_eq!(opp.record.id_number, lead_rec.id_number);
     assert_eq!(opp.record.journey_id, lead_rec.journey_id);
     assert_eq!(opp.record.channel, lead_rec.channel);
     assert_eq!(opp.history.len(), 1);
-    assert_eq!(
-        (opp.history[0].from, opp.history[0].to),
-        (None, Status::CloseWon)
-    );
+    assert_eq!((opp.history[0].from, opp.history[0].to), (None, Status::CloseWon));
 
-    let lost = store
-        .close_lost(RecordType::Lead, &lead.id, &ctx("r4"))
-        .await;
-    assert!(
-        matches!(lost, Err(StoreError::InvalidTransition { .. })),
-        "{lost:?}"
-    );
+    let lost = store.close_lost(RecordType::Lead, &lead.id, &ctx("r4")).await;
+    assert!(matches!(lost, Err(StoreError::InvalidTransition { .. })), "{lost:?}");
     // The converted opportunity is final: it does not block the next journey.
     let next = store.create(&ntb("RM001"), &ctx("r5")).await.unwrap();
-    assert_eq!(
-        (next.result, next.record_type),
-        (CreateResult::Created, RecordType::Lead)
-    );
+    assert_eq!((next.result, next.record_type), (CreateResult::Created, RecordType::Lead));
 }
 
 pub async fn close_won_lead_without_conversion(store: Arc<dyn Store>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
-    let won = store
-        .close_won(RecordType::Lead, &lead.id, false, &ctx("r2"))
-        .await
-        .unwrap();
+    let won = store.close_won(RecordType::Lead, &lead.id, false, &ctx("r2")).await.unwrap();
     assert!(won.opportunity.is_none());
     assert_eq!(won.lead.as_ref().unwrap().status, Status::CloseWon);
     // A repeat asking for conversion answers as the first time.
-    let repeat = store
-        .close_won(RecordType::Lead, &lead.id, true, &ctx("r3"))
-        .await
-        .unwrap();
+    let repeat = store.close_won(RecordType::Lead, &lead.id, true, &ctx("r3")).await.unwrap();
     assert_eq!(repeat, won);
-    let all = store
-        .search(&IdNumber::parse("079123456789").unwrap(), None)
-        .await
-        .unwrap();
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
     assert!(all.opportunities.is_empty());
 }
 
 pub async fn close_lost_both_types(store: Arc<dyn Store>) {
-    for (record_type, req) in [
-        (RecordType::Lead, ntb("RM001")),
-        (RecordType::Opportunity, etb("RM001")),
-    ] {
+    for (record_type, req) in [(RecordType::Lead, ntb("RM001")), (RecordType::Opportunity, etb("RM001"))] {
         let created = store.create(&req, &ctx("r1")).await.unwrap();
         let mut c = ctx("r2");
         c.reason = Some(Reason::parse("NCB_REJECTED").unwrap());
-        let lost = store
-            .close_lost(record_type, &created.id, &c)
-            .await
-            .unwrap();
-        assert_eq!(
-            (lost.id.as_str(), lost.status),
-            (created.id.as_str(), Status::CloseLost)
-        );
-        let again = store
-            .close_lost(record_type, &created.id, &ctx("r3"))
-            .await
-            .unwrap();
+        let lost = store.close_lost(record_type, &created.id, &c).await.unwrap();
+        assert_eq!((lost.id.as_str(), lost.status), (created.id.as_str(), Status::CloseLost));
+        let again = store.close_lost(record_type, &created.id, &ctx("r3")).await.unwrap();
         assert_eq!(again, lost);
-        let won = store
-            .close_won(record_type, &created.id, true, &ctx("r4"))
-            .await;
-        assert!(
-            matches!(
-                won,
-                Err(StoreError::InvalidTransition {
-                    current: Status::CloseLost
-                })
-            ),
-            "{won:?}"
-        );
+        let won = store.close_won(record_type, &created.id, true, &ctx("r4")).await;
+        assert!(matches!(won, Err(StoreError::InvalidTransition { current: Status::CloseLost })), "{won:?}");
         let got = store.get(record_type, &created.id).await.unwrap().unwrap();
         assert_eq!(got.history.len(), 2, "repeat and refusal leave no history");
-        assert_eq!(
-            got.history[1].reason.as_ref().map(Reason::as_str),
-            Some("NCB_REJECTED")
-        );
+        assert_eq!(got.history[1].reason.as_ref().map(Reason::as_str), Some("NCB_REJECTED"));
     }
 }
 
 pub async fn unknown_and_mistyped_ids(store: Arc<dyn Store>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     assert!(matches!(
-        store
-            .close_won(RecordType::Opportunity, &lead.id, true, &ctx("r2"))
-            .await,
+        store.close_won(RecordType::Opportunity, &lead.id, true, &ctx("r2")).await,
         Err(StoreError::NotFound)
     ));
-    assert!(matches!(
-        store
-            .close_lost(RecordType::Opportunity, &lead.id, &ctx("r3"))
-            .await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        store
-            .close_lost(RecordType::Lead, "no-such-id", &ctx("r4"))
-            .await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(store
-        .get(RecordType::Opportunity, &lead.id)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .get(RecordType::Lead, "'; DROP TABLE records; --")
-        .await
-        .unwrap()
-        .is_none());
-    assert_eq!(
-        status_of(&*store, RecordType::Lead, &lead.id).await,
-        Status::NewLead
-    );
+    assert!(matches!(store.close_lost(RecordType::Opportunity, &lead.id, &ctx("r3")).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.close_lost(RecordType::Lead, "no-such-id", &ctx("r4")).await, Err(StoreError::NotFound)));
+    assert!(store.get(RecordType::Opportunity, &lead.id).await.unwrap().is_none());
+    assert!(store.get(RecordType::Lead, "'; DROP TABLE records; --").await.unwrap().is_none());
+    assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead);
 }
 
 pub async fn search_newest_first(store: Arc<dyn Store>) {
     let a = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     let b = store.create(&ntb("RM002"), &ctx("r2")).await.unwrap();
-    let c = store
-        .create(
-            &request(CustomerType::Ntb, "079123456789", "LOAN", "RM001"),
-            &ctx("r3"),
-        )
-        .await
-        .unwrap();
+    let c = store.create(&request(CustomerType::Ntb, "079123456789", "LOAN", "RM001"), &ctx("r3")).await.unwrap();
     let o = store.create(&etb("RM001"), &ctx("r4")).await.unwrap();
-    store
-        .create(
-            &request(CustomerType::Ntb, "OTHER", "CREDIT_CARD", "RM001"),
-            &ctx("r5"),
-        )
-        .await
-        .unwrap();
+    store.create(&request(CustomerType::Ntb, "OTHER", "CREDIT_CARD", "RM001"), &ctx("r5")).await.unwrap();
     let id = IdNumber::parse("079123456789").unwrap();
     let all = store.search(&id, None).await.unwrap();
     let ids: Vec<_> = all.leads.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, [c.id.as_str(), b.id.as_str(), a.id.as_str()]);
-    assert_eq!(
-        all.opportunities
-            .iter()
-            .map(|r| r.id.as_str())
-            .collect::<Vec<_>>(),
-        [o.id.as_str()]
-    );
-    let card = store
-        .search(&id, Some(&Product::parse("CREDIT_CARD").unwrap()))
-        .await
-        .unwrap();
-    assert_eq!(
-        card.leads.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        [b.id.as_str(), a.id.as_str()]
-    );
-    let none = store
-        .search(&IdNumber::parse("NOBODY").unwrap(), None)
-        .await
-        .unwrap();
+    assert_eq!(all.opportunities.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [o.id.as_str()]);
+    let card = store.search(&id, Some(&Product::parse("CREDIT_CARD").unwrap())).await.unwrap();
+    assert_eq!(card.leads.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [b.id.as_str(), a.id.as_str()]);
+    let none = store.search(&IdNumber::parse("NOBODY").unwrap(), None).await.unwrap();
     assert!(none.leads.is_empty() && none.opportunities.is_empty());
 }
 
 pub async fn history_records_every_change(store: Arc<dyn Store>) {
-    let lead = store
-        .create(&ntb("RM001"), &ctx("req-create"))
-        .await
-        .unwrap();
+    let lead = store.create(&ntb("RM001"), &ctx("req-create")).await.unwrap();
     let mut c = ctx("req-won");
     c.reason = Some(Reason::parse("ONBOARDED").unwrap());
-    store
-        .close_won(RecordType::Lead, &lead.id, true, &c)
-        .await
-        .unwrap();
-    let h = store
-        .get(RecordType::Lead, &lead.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .history;
+    store.close_won(RecordType::Lead, &lead.id, true, &c).await.unwrap();
+    let h = store.get(RecordType::Lead, &lead.id).await.unwrap().unwrap().history;
     assert_eq!(h.len(), 2);
-    assert_eq!(
-        (h[0].from, h[0].to, h[0].request_id.as_str()),
-        (None, Status::NewLead, "req-create")
-    );
-    assert_eq!(
-        (h[1].from, h[1].to, h[1].request_id.as_str()),
-        (Some(Status::NewLead), Status::CloseWon, "req-won")
-    );
+    assert_eq!((h[0].from, h[0].to, h[0].request_id.as_str()), (None, Status::NewLead, "req-create"));
+    assert_eq!((h[1].from, h[1].to, h[1].request_id.as_str()), (Some(Status::NewLead), Status::CloseWon, "req-won"));
     assert_eq!(h[1].channel.as_str(), "MOBILE_APP");
     assert_eq!(h[1].reason.as_ref().map(Reason::as_str), Some("ONBOARDED"));
     assert!(h[0].at <= h[1].at);
@@ -574,30 +296,19 @@ pub async fn concurrent_identical_creates(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..48)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .create(&ntb("RM001"), &ctx(&format!("c{i}")))
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { store.create(&ntb("RM001"), &ctx(&format!("c{i}"))).await.unwrap() })
         })
         .collect();
     let mut outcomes = Vec::new();
     for t in tasks {
         outcomes.push(t.await.unwrap());
     }
-    let created = outcomes
-        .iter()
-        .filter(|o| o.result == CreateResult::Created)
-        .count();
+    let created = outcomes.iter().filter(|o| o.result == CreateResult::Created).count();
     assert_eq!(created, 1, "exactly one record created");
     let ids: HashSet<_> = outcomes.iter().map(|o| o.id.clone()).collect();
     assert_eq!(ids.len(), 1, "every answer names the same record");
     assert!(outcomes.iter().all(|o| o.result != CreateResult::Replaced));
-    let all = store
-        .search(&IdNumber::parse("079123456789").unwrap(), None)
-        .await
-        .unwrap();
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
     assert_eq!(all.leads.len(), 1);
 }
 
@@ -605,27 +316,16 @@ pub async fn concurrent_competing_owners(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..48)
         .map(|i| {
             let store = store.clone();
-            let req = if i % 2 == 0 {
-                ntb(&format!("RM{}", i % 5))
-            } else {
-                etb(&format!("RM{}", i % 5))
-            };
+            let req = if i % 2 == 0 { ntb(&format!("RM{}", i % 5)) } else { etb(&format!("RM{}", i % 5)) };
             tokio::spawn(async move { store.create(&req, &ctx(&format!("c{i}"))).await.unwrap() })
         })
         .collect();
     for t in tasks {
         t.await.unwrap();
     }
-    let all = store
-        .search(&IdNumber::parse("079123456789").unwrap(), None)
-        .await
-        .unwrap();
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
     let open_leads = all.leads.iter().filter(|r| r.status.is_open()).count();
-    let open_opps = all
-        .opportunities
-        .iter()
-        .filter(|r| r.status.is_open())
-        .count();
+    let open_opps = all.opportunities.iter().filter(|r| r.status.is_open()).count();
     assert!(open_leads <= 1, "{open_leads} open leads");
     assert_eq!(open_opps, 1, "{open_opps} open opportunities");
 }
@@ -640,20 +340,13 @@ pub async fn concurrent_closes_and_creates(store: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             match i % 4 {
                 0 => {
-                    let _ = store
-                        .close_won(RecordType::Opportunity, &seed_id, true, &ctx("w"))
-                        .await;
+                    let _ = store.close_won(RecordType::Opportunity, &seed_id, true, &ctx("w")).await;
                 }
                 1 => {
-                    let _ = store
-                        .close_lost(RecordType::Opportunity, &seed_id, &ctx("l"))
-                        .await;
+                    let _ = store.close_lost(RecordType::Opportunity, &seed_id, &ctx("l")).await;
                 }
                 _ => {
-                    store
-                        .create(&etb(&format!("RM{}", i % 3)), &ctx("c"))
-                        .await
-                        .unwrap();
+                    store.create(&etb(&format!("RM{}", i % 3)), &ctx("c")).await.unwrap();
                 }
             }
         }));
@@ -661,32 +354,11 @@ pub async fn concurrent_closes_and_creates(store: Arc<dyn Store>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let all = store
-        .search(&IdNumber::parse("079123456789").unwrap(), None)
-        .await
-        .unwrap();
-    assert!(
-        all.opportunities
-            .iter()
-            .filter(|r| r.status.is_open())
-            .count()
-            <= 1
-    );
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
+    assert!(all.opportunities.iter().filter(|r| r.status.is_open()).count() <= 1);
     for r in &all.opportunities {
-        let h = store
-            .get(RecordType::Opportunity, &r.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .history;
-        assert!(
-            h.len() <= 2,
-            "a record changed status after it was final: {h:?}"
-        );
-        assert_eq!(
-            h.last().unwrap().to,
-            r.status,
-            "history ends at the record's status"
-        );
+        let h = store.get(RecordType::Opportunity, &r.id).await.unwrap().unwrap().history;
+        assert!(h.len() <= 2, "a record changed status after it was final: {h:?}");
+        assert_eq!(h.last().unwrap().to, r.status, "history ends at the record's status");
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lifecycle::{
-    Channel, Cif, CreateResult, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone,
-    Product, Reason, RecordId, RecordType, Status,
+    Channel, Cif, CreateResult, CustomerType, Email, FullName, IdNumber, JourneyId, OwnerId, Phone, Product, Reason,
+    RecordId, RecordType, Status,
 };
 use time::OffsetDateTime;
 
@@ -60,22 +60,16 @@ impl CloseWonOutcome {
     /// The answer for `target` once it is `Close Won`: a lead with the opportunity converted from it (if
     /// any), or the opportunity alone. The same whether it was won now or before (SPEC §2.2).
     pub fn won(target: &lifecycle::Target) -> Self {
-        let me = Some(RecordRef {
-            id: target.id.clone(),
-            status: Status::CloseWon,
-        });
+        let me = Some(RecordRef { id: target.id.clone(), status: Status::CloseWon });
         match target.record_type {
             RecordType::Lead => Self {
                 lead: me,
-                opportunity: target.converted_opportunity_id.clone().map(|id| RecordRef {
-                    id,
-                    status: Status::CloseWon,
-                }),
+                opportunity: target
+                    .converted_opportunity_id
+                    .clone()
+                    .map(|id| RecordRef { id, status: Status::CloseWon }),
             },
-            RecordType::Opportunity => Self {
-                lead: None,
-                opportunity: me,
-            },
+            RecordType::Opportunity => Self { lead: None, opportunity: me },
         }
     }
 }
@@ -158,10 +152,7 @@ impl StoreError {
         Self::Internal(e.into())
     }
     pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Unavailable {
-            retry_after: Duration::from_secs(1),
-            source: e.into(),
-        }
+        Self::Unavailable { retry_after: Duration::from_secs(1), source: e.into() }
     }
 }
 
@@ -169,11 +160,7 @@ impl StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// SPEC §2.1: decide with [`lifecycle::plan_create`] and execute, atomically for the request's key.
-    async fn create(
-        &self,
-        request: &CreateRequest,
-        ctx: &RequestContext,
-    ) -> Result<CreateOutcome, StoreError>;
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError>;
 
     /// SPEC §2.2: `Close Won`, converting a lead when `convert` is true.
     async fn close_won(
@@ -193,18 +180,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RecordRef, StoreError>;
 
     /// SPEC §3: one record with its history, `None` when unknown.
-    async fn get(
-        &self,
-        record_type: RecordType,
-        id: &str,
-    ) -> Result<Option<RecordWithHistory>, StoreError>;
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError>;
 
     /// SPEC §3: every record of a customer (and product), newest first.
-    async fn search(
-        &self,
-        id_number: &IdNumber,
-        product: Option<&Product>,
-    ) -> Result<SearchResult, StoreError>;
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError>;
 
     /// Whether the backend answers, for `/health/ready`.
     async fn ready(&self) -> Result<(), StoreError>;

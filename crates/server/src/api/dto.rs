@@ -2,15 +2,12 @@
 //! request body into domain types, and the response bodies.
 
 use lifecycle::{
-    Channel, Cif, CreateRequest, CreateResult, Customer, CustomerType, Email, FullName, IdNumber,
-    Invalid, JourneyId, OwnerId, Phone, Product, Reason, RecordType, Status,
+    Channel, Cif, CreateRequest, CreateResult, Customer, CustomerType, Email, FullName, IdNumber, Invalid, JourneyId,
+    OwnerId, Phone, Product, Reason, RecordType, Status,
 };
 use serde::Serialize;
 use serde_json::Value;
-use store::{
-    CloseWonOutcome, CreateOutcome, HistoryEntry, Record, RecordRef, RecordWithHistory,
-    SearchResult,
-};
+use store::{CloseWonOutcome, CreateOutcome, HistoryEntry, Record, RecordRef, RecordWithHistory, SearchResult};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -131,9 +128,7 @@ pub struct SearchRequestDto {
 /// Record ids are opaque, but bounded: 1–128 characters, no control characters.
 fn record_id(s: &str) -> Result<String, Invalid> {
     if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
-        return Err(Invalid(
-            "must be 1-128 characters without control characters",
-        ));
+        return Err(Invalid("must be 1-128 characters without control characters"));
     }
     Ok(s.to_owned())
 }
@@ -163,13 +158,7 @@ pub fn parse_create(body: &Value) -> Result<CreateRequest, ApiError> {
     };
     Ok(CreateRequest {
         customer_type,
-        customer: Customer {
-            id_number,
-            cif,
-            full_name,
-            phone,
-            email,
-        },
+        customer: Customer { id_number, cif, full_name, phone, email },
         product,
         owner_id,
         channel,
@@ -191,10 +180,7 @@ pub fn parse_close_won(body: &Value) -> Result<CloseWonCommand, ApiError> {
     let root = f.root(body);
     let lead = f.optional(root, "leadId", record_id);
     let opportunity = f.optional(root, "opportunityId", record_id);
-    let (has_lead, has_opp) = (
-        Fields::present(root, "leadId"),
-        Fields::present(root, "opportunityId"),
-    );
+    let (has_lead, has_opp) = (Fields::present(root, "leadId"), Fields::present(root, "opportunityId"));
     if body.is_object() && has_lead == has_opp {
         let msg = "exactly one of leadId and opportunityId is required";
         f.reject(root, "leadId", msg);
@@ -207,19 +193,11 @@ pub fn parse_close_won(body: &Value) -> Result<CloseWonCommand, ApiError> {
     let channel = f.required(root, "channel", Channel::parse);
     let reason = f.optional(root, "reason", Reason::parse);
     f.finish()?;
-    let target = lead
-        .map(|id| (RecordType::Lead, id))
-        .or(opportunity.map(|id| (RecordType::Opportunity, id)));
+    let target = lead.map(|id| (RecordType::Lead, id)).or(opportunity.map(|id| (RecordType::Opportunity, id)));
     let (Some((record_type, id)), Some(channel)) = (target, channel) else {
         return Err(ApiError::Internal);
     };
-    Ok(CloseWonCommand {
-        record_type,
-        id,
-        convert: convert.flatten().unwrap_or(true),
-        channel,
-        reason,
-    })
+    Ok(CloseWonCommand { record_type, id, convert: convert.flatten().unwrap_or(true), channel, reason })
 }
 
 /// A validated close-lost request.
@@ -243,11 +221,7 @@ pub fn parse_close_lost(body: &Value, id_field: &str) -> Result<CloseLostCommand
     let (Some(id), Some(channel)) = (id, channel) else {
         return Err(ApiError::Internal);
     };
-    Ok(CloseLostCommand {
-        id,
-        channel,
-        reason,
-    })
+    Ok(CloseLostCommand { id, channel, reason })
 }
 
 pub fn parse_search(body: &Value) -> Result<(IdNumber, Option<Product>), ApiError> {
@@ -316,10 +290,7 @@ pub struct RecordStatus {
 
 impl From<RecordRef> for RecordStatus {
     fn from(r: RecordRef) -> Self {
-        Self {
-            id: r.id,
-            status: r.status.as_str(),
-        }
+        Self { id: r.id, status: r.status.as_str() }
     }
 }
 
@@ -332,10 +303,7 @@ pub struct CloseWonResponse {
 
 impl From<CloseWonOutcome> for CloseWonResponse {
     fn from(o: CloseWonOutcome) -> Self {
-        Self {
-            lead: o.lead.map(Into::into),
-            opportunity: o.opportunity.map(Into::into),
-        }
+        Self { lead: o.lead.map(Into::into), opportunity: o.opportunity.map(Into::into) }
     }
 }
 

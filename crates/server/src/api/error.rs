@@ -23,10 +23,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -87,56 +84,24 @@ pub enum ApiError {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::Malformed(_) => (
-                StatusCode::BAD_REQUEST,
-                "MALFORMED_REQUEST",
-                "Malformed request",
-            ),
-            Self::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "Unsupported media type",
-            ),
-            Self::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "Payload too large",
-            ),
-            Self::Validation(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_FAILED",
-                "Validation failed",
-            ),
+            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", "Malformed request"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Payload too large"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED", "Validation failed"),
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found"),
-            Self::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                "Method not allowed",
-            ),
-            Self::InvalidTransition(_) => (
-                StatusCode::CONFLICT,
-                "INVALID_TRANSITION",
-                "Invalid transition",
-            ),
-            Self::Unavailable { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "BACKEND_UNAVAILABLE",
-                "Backend unavailable",
-            ),
-            Self::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                "Internal error",
-            ),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed"),
+            Self::InvalidTransition(_) => (StatusCode::CONFLICT, "INVALID_TRANSITION", "Invalid transition"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE", "Backend unavailable"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error"),
         }
     }
 
     fn detail(&self) -> String {
         match self {
             Self::Malformed(why) => format!("The request body is not valid JSON: {why}"),
-            Self::UnsupportedMediaType => {
-                "The request body must be sent as Content-Type: application/json.".into()
-            }
+            Self::UnsupportedMediaType => "The request body must be sent as Content-Type: application/json.".into(),
             Self::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
             Self::Validation(errors) => {
                 format!("{} field(s) break the contract; see errors.", errors.len())
@@ -145,12 +110,8 @@ impl ApiError {
             Self::NoRoute => "There is nothing at this path; the API is described at /docs.".into(),
             Self::MethodNotAllowed => "This path does not accept that method.".into(),
             Self::InvalidTransition(why) => why.clone(),
-            Self::Unavailable { .. } => {
-                "The CRM backend is unavailable; nothing was changed. Retry later.".into()
-            }
-            Self::Internal => {
-                "An internal error occurred; it has been logged under this request id.".into()
-            }
+            Self::Unavailable { .. } => "The CRM backend is unavailable; nothing was changed. Retry later.".into(),
+            Self::Internal => "An internal error occurred; it has been logged under this request id.".into(),
         }
     }
 
@@ -163,17 +124,11 @@ impl ApiError {
     pub fn from_store(e: StoreError, what: &'static str) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound(what),
-            StoreError::InvalidTransition { current } => Self::InvalidTransition(format!(
-                "The {what} is {} and can no longer change.",
-                current.as_str()
-            )),
-            StoreError::UnknownOwner => {
-                Self::field("ownerId", "is not a relationship manager the CRM knows")
+            StoreError::InvalidTransition { current } => {
+                Self::InvalidTransition(format!("The {what} is {} and can no longer change.", current.as_str()))
             }
-            StoreError::Unavailable {
-                retry_after,
-                source,
-            } => {
+            StoreError::UnknownOwner => Self::field("ownerId", "is not a relationship manager the CRM knows"),
+            StoreError::Unavailable { retry_after, source } => {
                 tracing::warn!(error = %source, "store unavailable");
                 Self::Unavailable { retry_after }
             }
@@ -189,10 +144,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.parts();
         let problem = Problem {
-            kind: format!(
-                "urn:integration-service:problem:{}",
-                code.to_ascii_lowercase().replace('_', "-")
-            ),
+            kind: format!("urn:integration-service:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
             title: title.into(),
             status: status.as_u16(),
             detail: self.detail(),
@@ -206,15 +158,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Self::Unavailable { retry_after } = self {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
         }
         response
     }

@@ -27,15 +27,13 @@ impl Fields {
     pub fn root<'a>(&mut self, body: &'a Value) -> Obj<'a> {
         let map = body.as_object();
         if map.is_none() {
-            self.errors
-                .push(FieldError::new("body", "must be a JSON object"));
+            self.errors.push(FieldError::new("body", "must be a JSON object"));
         }
         Obj { map, prefix: "" }
     }
 
     fn push(&mut self, obj: Obj<'_>, key: &str, message: impl Into<String>) {
-        self.errors
-            .push(FieldError::new(format!("{}{key}", obj.prefix), message));
+        self.errors.push(FieldError::new(format!("{}{key}", obj.prefix), message));
     }
 
     /// A nested object that must be present (for example `customer`).
@@ -88,23 +86,13 @@ impl Fields {
     }
 
     /// A required string field, parsed into its domain type.
-    pub fn required<T>(
-        &mut self,
-        obj: Obj<'_>,
-        key: &str,
-        parse: impl Fn(&str) -> Result<T, Invalid>,
-    ) -> Option<T> {
+    pub fn required<T>(&mut self, obj: Obj<'_>, key: &str, parse: impl Fn(&str) -> Result<T, Invalid>) -> Option<T> {
         let raw = self.string(obj, key, true);
         self.parsed(obj, key, raw, parse)
     }
 
     /// An optional string field: absent or `null` is `None`; anything else must parse.
-    pub fn optional<T>(
-        &mut self,
-        obj: Obj<'_>,
-        key: &str,
-        parse: impl Fn(&str) -> Result<T, Invalid>,
-    ) -> Option<T> {
+    pub fn optional<T>(&mut self, obj: Obj<'_>, key: &str, parse: impl Fn(&str) -> Result<T, Invalid>) -> Option<T> {
         let raw = self.string(obj, key, false);
         self.parsed(obj, key, raw, parse)
     }
@@ -123,9 +111,7 @@ impl Fields {
 
     /// Whether the object has a non-null value under `key`.
     pub fn present(obj: Obj<'_>, key: &str) -> bool {
-        obj.map
-            .and_then(|m| m.get(key))
-            .is_some_and(|v| !v.is_null())
+        obj.map.and_then(|m| m.get(key)).is_some_and(|v| !v.is_null())
     }
 
     /// Records a rule that spans fields (e.g. "exactly one of").

@@ -14,11 +14,7 @@ use super::extract::{JsonBody, RecordIdPath};
 use super::{request_id, AppState, API_INT};
 
 fn context(channel: lifecycle::Channel, reason: Option<lifecycle::Reason>) -> RequestContext {
-    RequestContext {
-        request_id: request_id::current().unwrap_or_default(),
-        channel,
-        reason,
-    }
+    RequestContext { request_id: request_id::current().unwrap_or_default(), channel, reason }
 }
 
 fn what(record_type: RecordType) -> &'static str {
@@ -42,33 +38,17 @@ fn what(record_type: RecordType) -> &'static str {
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create(
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let request = parse_create(&body)?;
     let ctx = context(request.channel.clone(), None);
-    let outcome = state
-        .store
-        .create(&request, &ctx)
-        .await
-        .map_err(|e| ApiError::from_store(e, "record"))?;
+    let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
     let response = CreateResponse::from(outcome);
     if !response.is_new() {
         return Ok((StatusCode::OK, Json(response)).into_response());
     }
-    let kind = if response.record_type == RecordType::Lead.as_str() {
-        "leads"
-    } else {
-        "opportunities"
-    };
+    let kind = if response.record_type == RecordType::Lead.as_str() { "leads" } else { "opportunities" };
     let location = format!("{API_INT}/{kind}/{}", response.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(response),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(response)).into_response())
 }
 
 /// Close Won a Lead (converting it into an Opportunity by default) or an Opportunity.
@@ -126,10 +106,7 @@ pub async fn close_lost_opportunity(
         .close_lost(RecordType::Opportunity, &cmd.id, &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, "opportunity"))?;
-    Ok(Json(CloseLostOpportunityResponse {
-        opportunity_id: r.id,
-        status: r.status.as_str(),
-    }))
+    Ok(Json(CloseLostOpportunityResponse { opportunity_id: r.id, status: r.status.as_str() }))
 }
 
 /// Close Lost a Lead (an NTB customer rejected by the credit bureau or AML checks).
@@ -153,30 +130,14 @@ pub async fn close_lost_lead(
 ) -> Result<Json<CloseLostLeadResponse>, ApiError> {
     let cmd = parse_close_lost(&body, "leadId")?;
     let ctx = context(cmd.channel, cmd.reason);
-    let r = state
-        .store
-        .close_lost(RecordType::Lead, &cmd.id, &ctx)
-        .await
-        .map_err(|e| ApiError::from_store(e, "lead"))?;
-    Ok(Json(CloseLostLeadResponse {
-        lead_id: r.id,
-        status: r.status.as_str(),
-    }))
+    let r =
+        state.store.close_lost(RecordType::Lead, &cmd.id, &ctx).await.map_err(|e| ApiError::from_store(e, "lead"))?;
+    Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
 }
 
-async fn get_record(
-    state: &AppState,
-    record_type: RecordType,
-    id: &str,
-) -> Result<Json<RecordDto>, ApiError> {
-    let found = state
-        .store
-        .get(record_type, id)
-        .await
-        .map_err(|e| ApiError::from_store(e, what(record_type)))?;
-    found
-        .map(|r| Json(r.into()))
-        .ok_or(ApiError::NotFound(what(record_type)))
+async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Result<Json<RecordDto>, ApiError> {
+    let found = state.store.get(record_type, id).await.map_err(|e| ApiError::from_store(e, what(record_type)))?;
+    found.map(|r| Json(r.into())).ok_or(ApiError::NotFound(what(record_type)))
 }
 
 /// A lead with its history, oldest first.
@@ -222,16 +183,10 @@ pub async fn get_opportunity(
         (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn search(
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody,
-) -> Result<Json<SearchResponse>, ApiError> {
+pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<SearchResponse>, ApiError> {
     let (id_number, product) = parse_search(&body)?;
-    let result = state
-        .store
-        .search(&id_number, product.as_ref())
-        .await
-        .map_err(|e| ApiError::from_store(e, "record"))?;
+    let result =
+        state.store.search(&id_number, product.as_ref()).await.map_err(|e| ApiError::from_store(e, "record"))?;
     Ok(Json(result.into()))
 }
 
@@ -250,11 +205,7 @@ pub async fn live() -> Json<Health> {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state
-        .store
-        .ready()
-        .await
-        .map_err(|e| ApiError::from_store(e, "record"))?;
+    state.store.ready().await.map_err(|e| ApiError::from_store(e, "record"))?;
     Ok(Json(Health { status: "UP" }))
 }
 

@@ -60,27 +60,12 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route(
-            &format!("{API_INT}/combo-create-lead-opportunity"),
-            post(handlers::create),
-        )
-        .route(
-            &format!("{API_INT}/combo-update-lead-opportunity"),
-            post(handlers::close_won),
-        )
-        .route(
-            &format!("{API_PUBLIC}/update-opportunity-status"),
-            post(handlers::close_lost_opportunity),
-        )
-        .route(
-            &format!("{API_PUBLIC}/update-lead-status"),
-            post(handlers::close_lost_lead),
-        )
+        .route(&format!("{API_INT}/combo-create-lead-opportunity"), post(handlers::create))
+        .route(&format!("{API_INT}/combo-update-lead-opportunity"), post(handlers::close_won))
+        .route(&format!("{API_PUBLIC}/update-opportunity-status"), post(handlers::close_lost_opportunity))
+        .route(&format!("{API_PUBLIC}/update-lead-status"), post(handlers::close_lost_lead))
         .route(&format!("{API_INT}/leads/{{id}}"), get(handlers::get_lead))
-        .route(
-            &format!("{API_INT}/opportunities/{{id}}"),
-            get(handlers::get_opportunity),
-        )
+        .route(&format!("{API_INT}/opportunities/{{id}}"), get(handlers::get_opportunity))
         .route(&format!("{API_INT}/search"), post(handlers::search))
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
@@ -89,10 +74,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(docs)
-        .route(
-            "/",
-            get(|| async { axum::response::Redirect::temporary("/docs/") }),
-        )
+        .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

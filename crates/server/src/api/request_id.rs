@@ -25,9 +25,7 @@ pub fn current() -> Option<String> {
 
 fn valid(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Middleware: assigns the id, opens the request's span (matched route, never the raw path, which may
@@ -49,9 +47,7 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
     let header = HeaderValue::from_str(&id).ok();
-    let mut response = REQUEST_ID
-        .scope(id, next.run(request).instrument(span.clone()))
-        .await;
+    let mut response = REQUEST_ID.scope(id, next.run(request).instrument(span.clone())).await;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));

@@ -12,11 +12,7 @@ async fn identical_creates_make_exactly_one_record() {
     let app = spawn_app().await;
     let body = ntb("C1", "CARD", "RM001");
     let answers = join_all((0..48).map(|_| app.create(&body))).await;
-    let created: Vec<&Value> = answers
-        .iter()
-        .filter(|(s, _)| *s == 201)
-        .map(|(_, b)| b)
-        .collect();
+    let created: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b).collect();
     assert_eq!(created.len(), 1, "exactly one 201");
     assert_eq!(created[0]["result"], "CREATED");
     let id = &created[0]["id"];
@@ -31,9 +27,7 @@ async fn identical_creates_make_exactly_one_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn competing_owners_leave_exactly_one_open_record() {
     let app = spawn_app().await;
-    let bodies: Vec<Value> = (0..48)
-        .map(|i| ntb("C2", "CARD", &format!("RM{}", i % 6)))
-        .collect();
+    let bodies: Vec<Value> = (0..48).map(|i| ntb("C2", "CARD", &format!("RM{}", i % 6))).collect();
     let answers = join_all(bodies.iter().map(|b| app.create(b))).await;
     assert!(answers.iter().all(|(s, _)| *s == 200 || *s == 201));
     let leads = app.search("C2").await["leads"].as_array().unwrap().clone();
@@ -42,10 +36,7 @@ async fn competing_owners_leave_exactly_one_open_record() {
     // Every record closed by a REPLACED answer really is closed, and every answer's record exists.
     for (_, body) in &answers {
         for closed in body["closedRecordIds"].as_array().unwrap() {
-            let rec = leads
-                .iter()
-                .find(|r| &r["id"] == closed)
-                .expect("closed record exists");
+            let rec = leads.iter().find(|r| &r["id"] == closed).expect("closed record exists");
             assert_eq!(rec["status"], "Close Lost");
         }
         assert!(leads.iter().any(|r| r["id"] == body["id"]));
@@ -58,13 +49,9 @@ async fn competing_owners_leave_exactly_one_open_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn different_keys_all_succeed_side_by_side() {
     let app = spawn_app().await;
-    let bodies: Vec<Value> = (0..64)
-        .map(|i| etb(&format!("K{i}"), "CARD", "RM001"))
-        .collect();
+    let bodies: Vec<Value> = (0..64).map(|i| etb(&format!("K{i}"), "CARD", "RM001")).collect();
     let answers = join_all(bodies.iter().map(|b| app.create(b))).await;
-    assert!(answers
-        .iter()
-        .all(|(s, b)| *s == 201 && b["result"] == "CREATED"));
+    assert!(answers.iter().all(|(s, b)| *s == 201 && b["result"] == "CREATED"));
     let ids: HashSet<_> = answers.iter().map(|(_, b)| b["id"].clone()).collect();
     assert_eq!(ids.len(), 64);
 }

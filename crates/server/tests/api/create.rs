@@ -13,29 +13,11 @@ fn keys(v: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn ntb_created_existing_replaced() {
     let app = spawn_app().await;
-    let r = app
-        .post(CREATE, &ntb("079123456789", "CREDIT_CARD", "RM001"))
-        .await;
+    let r = app.post(CREATE, &ntb("079123456789", "CREDIT_CARD", "RM001")).await;
     assert_eq!(r.status(), 201, "N5");
-    let location = r
-        .headers()
-        .get("location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let location = r.headers().get("location").unwrap().to_str().unwrap().to_owned();
     let first: Value = r.json().await.unwrap();
-    assert_eq!(
-        keys(&first),
-        [
-            "closedRecordIds",
-            "id",
-            "ownerId",
-            "recordType",
-            "result",
-            "status"
-        ]
-    );
+    assert_eq!(keys(&first), ["closedRecordIds", "id", "ownerId", "recordType", "result", "status"]);
     assert_eq!(first["result"], "CREATED");
     assert_eq!(first["recordType"], "LEAD");
     assert_eq!(first["status"], "New Lead");
@@ -44,18 +26,10 @@ async fn ntb_created_existing_replaced() {
     let id = first["id"].as_str().unwrap();
     assert_eq!(location, format!("{INT}/leads/{id}"));
 
-    let (status, again) = app
-        .create(&ntb("079123456789", "CREDIT_CARD", "RM001"))
-        .await;
-    assert_eq!(
-        (status.as_u16(), &again["result"], &again["id"]),
-        (200, &json!("EXISTING"), &first["id"]),
-        "N3"
-    );
+    let (status, again) = app.create(&ntb("079123456789", "CREDIT_CARD", "RM001")).await;
+    assert_eq!((status.as_u16(), &again["result"], &again["id"]), (200, &json!("EXISTING"), &first["id"]), "N3");
 
-    let (status, replaced) = app
-        .create(&ntb("079123456789", "CREDIT_CARD", "RM002"))
-        .await;
+    let (status, replaced) = app.create(&ntb("079123456789", "CREDIT_CARD", "RM002")).await;
     assert_eq!(status, 201, "N4");
     assert_eq!(replaced["result"], "REPLACED");
     assert_eq!(replaced["recordType"], "LEAD");
@@ -72,42 +46,17 @@ async fn etb_rows_never_touch_leads() {
     let (_, lead) = app.create(&ntb("X1", "LOAN", "RM001")).await;
     let (status, e3) = app.create(&etb("X1", "LOAN", "RM001")).await;
     assert_eq!(
-        (
-            status.as_u16(),
-            &e3["result"],
-            &e3["recordType"],
-            &e3["status"]
-        ),
-        (
-            201,
-            &json!("CREATED"),
-            &json!("OPPORTUNITY"),
-            &json!("New Opportunity")
-        ),
+        (status.as_u16(), &e3["result"], &e3["recordType"], &e3["status"]),
+        (201, &json!("CREATED"), &json!("OPPORTUNITY"), &json!("New Opportunity")),
         "E3"
     );
     let (status, e1) = app.create(&etb("X1", "LOAN", "RM001")).await;
-    assert_eq!(
-        (status.as_u16(), &e1["result"], &e1["id"]),
-        (200, &json!("EXISTING"), &e3["id"]),
-        "E1"
-    );
+    assert_eq!((status.as_u16(), &e1["result"], &e1["id"]), (200, &json!("EXISTING"), &e3["id"]), "E1");
     let (status, e2) = app.create(&etb("X1", "LOAN", "RM002")).await;
-    assert_eq!(
-        (status.as_u16(), &e2["result"]),
-        (201, &json!("REPLACED")),
-        "E2"
-    );
+    assert_eq!((status.as_u16(), &e2["result"]), (201, &json!("REPLACED")), "E2");
     assert_eq!(e2["closedRecordIds"], json!([e3["id"]]));
-    assert_eq!(
-        app.record("opportunities", e3["id"].as_str().unwrap())
-            .await["status"],
-        "Close Lost"
-    );
-    assert_eq!(
-        app.record("leads", lead["id"].as_str().unwrap()).await["status"],
-        "New Lead"
-    );
+    assert_eq!(app.record("opportunities", e3["id"].as_str().unwrap()).await["status"], "Close Lost");
+    assert_eq!(app.record("leads", lead["id"].as_str().unwrap()).await["status"], "New Lead");
 }
 
 #[tokio::test]
@@ -133,25 +82,13 @@ async fn ntb_checks_opportunities_first() {
 async fn closed_opportunities_send_ntb_to_the_lead_check() {
     let app = spawn_app().await;
     let (_, opp) = app.create(&etb("X3", "CARD", "RM001")).await;
-    let (s, _) = app
-        .call(
-            LOST_OPP,
-            &json!({"opportunityId": opp["id"], "status": "Close Lost", "channel": "C"}),
-        )
-        .await;
+    let (s, _) = app.call(LOST_OPP, &json!({"opportunityId": opp["id"], "status": "Close Lost", "channel": "C"})).await;
     assert_eq!(s, 200);
     let (status, lead) = app.create(&ntb("X3", "CARD", "RM001")).await;
-    assert_eq!(
-        (status.as_u16(), &lead["result"], &lead["recordType"]),
-        (201, &json!("CREATED"), &json!("LEAD"))
-    );
+    assert_eq!((status.as_u16(), &lead["result"], &lead["recordType"]), (201, &json!("CREATED"), &json!("LEAD")));
     // A Close Won lead is final, not open: the next journey gets a new lead.
-    let (s, _) = app
-        .call(
-            CLOSE_WON,
-            &json!({"leadId": lead["id"], "channel": "C", "convertToOpportunity": false}),
-        )
-        .await;
+    let (s, _) =
+        app.call(CLOSE_WON, &json!({"leadId": lead["id"], "channel": "C", "convertToOpportunity": false})).await;
     assert_eq!(s, 200);
     let (status, next) = app.create(&ntb("X3", "CARD", "RM001")).await;
     assert_eq!((status.as_u16(), &next["result"]), (201, &json!("CREATED")));
@@ -164,10 +101,7 @@ async fn matching_is_per_product() {
     let (_, card) = app.create(&ntb("X4", "CREDIT_CARD", "RM001")).await;
     let (status, loan) = app.create(&ntb("X4", "PERSONAL_LOAN", "RM002")).await;
     assert_eq!((status.as_u16(), &loan["result"]), (201, &json!("CREATED")));
-    assert_eq!(
-        app.record("leads", card["id"].as_str().unwrap()).await["status"],
-        "New Lead"
-    );
+    assert_eq!(app.record("leads", card["id"].as_str().unwrap()).await["status"], "New Lead");
 }
 
 #[tokio::test]

@@ -7,48 +7,27 @@ use crate::helpers::*;
 #[tokio::test]
 async fn malformed_json_is_400() {
     let app = spawn_app().await;
-    for body in [
-        "{",
-        "not json",
-        "{\"a\":}",
-        "",
-        "\u{0}",
-        "{\"customerType\":\"NTB\",}",
-    ] {
-        let r = app
-            .post_raw(CREATE, Some("application/json"), body.to_owned())
-            .await;
+    for body in ["{", "not json", "{\"a\":}", "", "\u{0}", "{\"customerType\":\"NTB\",}"] {
+        let r = app.post_raw(CREATE, Some("application/json"), body.to_owned()).await;
         problem(r, 400, "MALFORMED_REQUEST").await;
     }
-    let r = app
-        .post_raw(CREATE, Some("application/json"), vec![0xff, 0xfe, b'{'])
-        .await;
+    let r = app.post_raw(CREATE, Some("application/json"), vec![0xff, 0xfe, b'{']).await;
     problem(r, 400, "MALFORMED_REQUEST").await;
     let deep = "[".repeat(10_000);
-    problem(
-        app.post_raw(CREATE, Some("application/json"), deep).await,
-        400,
-        "MALFORMED_REQUEST",
-    )
-    .await;
+    problem(app.post_raw(CREATE, Some("application/json"), deep).await, 400, "MALFORMED_REQUEST").await;
 }
 
 #[tokio::test]
 async fn wrong_content_type_is_415() {
     let app = spawn_app().await;
     let body = ntb("E1", "CARD", "RM001").to_string();
-    for ct in [
-        None,
-        Some("text/plain"),
-        Some("application/x-www-form-urlencoded"),
-        Some("application/json; charset=latin1"),
-    ] {
+    for ct in
+        [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("application/json; charset=latin1")]
+    {
         let r = app.post_raw(CREATE, ct, body.clone()).await;
         problem(r, 415, "UNSUPPORTED_MEDIA_TYPE").await;
     }
-    let r = app
-        .post_raw(CREATE, Some("application/json; charset=utf-8"), body)
-        .await;
+    let r = app.post_raw(CREATE, Some("application/json; charset=utf-8"), body).await;
     assert_eq!(r.status(), 201);
 }
 
@@ -61,24 +40,11 @@ async fn bodies_over_64_kib_are_413_and_at_the_limit_are_read() {
     body["padding"] = json!("x".repeat(64 * 1024 - base));
     let exact = body.to_string();
     assert_eq!(exact.len(), 64 * 1024);
-    assert_eq!(
-        app.post_raw(CREATE, Some("application/json"), exact)
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(app.post_raw(CREATE, Some("application/json"), exact).await.status(), 201);
     body["padding"] = json!("x".repeat(64 * 1024 - base + 1));
-    let r = app
-        .post_raw(CREATE, Some("application/json"), body.to_string())
-        .await;
+    let r = app.post_raw(CREATE, Some("application/json"), body.to_string()).await;
     problem(r, 413, "PAYLOAD_TOO_LARGE").await;
-    let r = app
-        .post_raw(
-            CREATE,
-            Some("application/json"),
-            vec![b' '; 10 * 1024 * 1024],
-        )
-        .await;
+    let r = app.post_raw(CREATE, Some("application/json"), vec![b' '; 10 * 1024 * 1024]).await;
     problem(r, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
@@ -86,23 +52,13 @@ async fn bodies_over_64_kib_are_413_and_at_the_limit_are_read() {
 async fn validation_names_every_offending_field() {
     let app = spawn_app().await;
     let cases: Vec<(Value, Vec<&str>)> = vec![
-        (
-            json!({}),
-            vec!["channel", "customer", "customerType", "ownerId", "product"],
-        ),
+        (json!({}), vec!["channel", "customer", "customerType", "ownerId", "product"]),
         (json!([]), vec!["body"]),
         (json!("NTB"), vec!["body"]),
         (json!(null), vec!["body"]),
         (
             json!({"customerType": "XYZ", "customer": "me", "product": "", "ownerId": 1, "channel": [], "journeyId": 5}),
-            vec![
-                "channel",
-                "customer",
-                "customerType",
-                "journeyId",
-                "ownerId",
-                "product",
-            ],
+            vec!["channel", "customer", "customerType", "journeyId", "ownerId", "product"],
         ),
         (
             json!({"customerType": "ETB", "customer": {"idNumber": "12 34", "phone": "12", "email": "nope", "fullName": 3},
@@ -133,8 +89,10 @@ async fn validation_names_every_offending_field() {
         }
     }
     // Optional fields may be null or absent.
-    let (status, _) = app.create(&json!({"customerType": "NTB", "customer": {"idNumber": "OK1", "cif": null, "email": null},
-        "product": "P", "ownerId": "R", "channel": "C", "journeyId": null})).await;
+    let (status, _) = app
+        .create(&json!({"customerType": "NTB", "customer": {"idNumber": "OK1", "cif": null, "email": null},
+        "product": "P", "ownerId": "R", "channel": "C", "journeyId": null}))
+        .await;
     assert_eq!(status, 201);
     // Nothing was written by the refused requests.
     assert_eq!(app.search("12-34").await["leads"], json!([]));
@@ -145,12 +103,7 @@ async fn unknown_paths_and_methods_are_problems() {
     let app = spawn_app().await;
     problem(app.get("/nothing/here").await, 404, "NOT_FOUND").await;
     problem(app.get(CREATE).await, 405, "METHOD_NOT_ALLOWED").await;
-    let r = app
-        .client
-        .delete(format!("{}{INT}/leads/x", app.base))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.delete(format!("{}{INT}/leads/x", app.base)).send().await.unwrap();
     problem(r, 405, "METHOD_NOT_ALLOWED").await;
 }
 

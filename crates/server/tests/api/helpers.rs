@@ -43,31 +43,15 @@ pub async fn spawn_app_at(db: &Path) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp {
-        base,
-        client: Client::new(),
-        stop: Some(stop),
-        server: Some(server),
-        _dir: None,
-    }
+    TestApp { base, client: Client::new(), stop: Some(stop), server: Some(server), _dir: None }
 }
 
 impl TestApp {
     pub async fn post(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()
     }
 
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        content_type: Option<&str>,
-        body: impl Into<reqwest::Body>,
-    ) -> Response {
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
         let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -76,11 +60,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 
     /// POST and return (status, body as JSON).
@@ -142,30 +122,15 @@ pub fn etb(id_number: &str, product: &str, owner: &str) -> Value {
 /// Asserts a problem document of SPEC §4 and returns it.
 pub async fn problem(r: Response, status: u16, code: &str) -> Value {
     assert_eq!(r.status().as_u16(), status, "status");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let ct = r.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
     assert_eq!(ct, "application/problem+json");
-    let header_id = r
-        .headers()
-        .get("x-request-id")
-        .expect("x-request-id")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header_id = r.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status);
     assert_eq!(body["requestId"], header_id.as_str());
     for key in ["type", "title", "detail"] {
-        assert!(
-            body[key].as_str().is_some_and(|s| !s.is_empty()),
-            "{key} in {body}"
-        );
+        assert!(body[key].as_str().is_some_and(|s| !s.is_empty()), "{key} in {body}");
     }
     assert!(body["errors"].is_array());
     body
@@ -173,12 +138,8 @@ pub async fn problem(r: Response, status: u16, code: &str) -> Value {
 
 /// The `field` names of a problem's `errors`, sorted.
 pub fn fields(problem: &Value) -> Vec<String> {
-    let mut f: Vec<String> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap().to_owned())
-        .collect();
+    let mut f: Vec<String> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
     f.sort();
     f
 }

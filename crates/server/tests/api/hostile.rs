@@ -12,9 +12,7 @@ fn any_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         ".{0,40}".prop_map(Value::String),
         Just(json!("Close Lost")),
         Just(json!("NTB")),
@@ -23,8 +21,7 @@ fn any_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 32, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(".{0,12}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(".{0,12}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -60,24 +57,15 @@ const CUSTOMER_FIELDS: &[&str] = &["idNumber", "cif", "fullName", "phone", "emai
 #[derive(Debug, Clone)]
 enum Input {
     Json(Value),
-    Mutated {
-        field: usize,
-        nested: bool,
-        value: Value,
-    },
+    Mutated { field: usize, nested: bool, value: Value },
     Bytes(Vec<u8>),
 }
 
 fn input() -> impl Strategy<Value = Input> {
     prop_oneof![
         any_json().prop_map(Input::Json),
-        (any::<usize>(), any::<bool>(), any_json()).prop_map(|(field, nested, value)| {
-            Input::Mutated {
-                field,
-                nested,
-                value,
-            }
-        }),
+        (any::<usize>(), any::<bool>(), any_json())
+            .prop_map(|(field, nested, value)| { Input::Mutated { field, nested, value } }),
         prop::collection::vec(any::<u8>(), 0..200).prop_map(Input::Bytes),
     ]
 }
@@ -87,22 +75,14 @@ fn random_input_never_causes_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn_app());
     let paths = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD, SEARCH];
-    let mut runner = TestRunner::new(Config {
-        cases: 400,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config { cases: 400, failure_persistence: None, ..Config::default() });
     runner
         .run(&(0..paths.len(), input()), |(p, input)| {
             let path = paths[p];
             let bytes = match input {
                 Input::Json(v) => v.to_string().into_bytes(),
                 Input::Bytes(b) => b,
-                Input::Mutated {
-                    field,
-                    nested,
-                    value,
-                } => {
+                Input::Mutated { field, nested, value } => {
                     let mut body = valid_body(path);
                     if nested && path == CREATE {
                         body["customer"][CUSTOMER_FIELDS[field % CUSTOMER_FIELDS.len()]] = value;
@@ -114,13 +94,7 @@ fn random_input_never_causes_a_5xx() {
             };
             let r = rt.block_on(app.post_raw(path, Some("application/json"), bytes.clone()));
             let status = r.status().as_u16();
-            prop_assert!(
-                status < 500,
-                "{} on {} with {:?}",
-                status,
-                path,
-                String::from_utf8_lossy(&bytes)
-            );
+            prop_assert!(status < 500, "{} on {} with {:?}", status, path, String::from_utf8_lossy(&bytes));
             prop_assert!(r.headers().contains_key("x-request-id"));
             Ok(())
         })

@@ -31,25 +31,13 @@ async fn openapi_document_covers_every_operation_and_error() {
     for path in posts {
         let op = &doc["paths"][path]["post"];
         assert!(op.is_object(), "{path} documented");
-        assert!(
-            op["requestBody"]["content"]["application/json"]["schema"].is_object(),
-            "{path} body"
-        );
+        assert!(op["requestBody"]["content"]["application/json"]["schema"].is_object(), "{path} body");
         for status in ["400", "415", "422"] {
-            assert!(
-                op["responses"][status]["content"]["application/problem+json"].is_object(),
-                "{path} {status}"
-            );
+            assert!(op["responses"][status]["content"]["application/problem+json"].is_object(), "{path} {status}");
         }
     }
-    for path in [
-        format!("{INT}/leads/{{id}}"),
-        format!("{INT}/opportunities/{{id}}"),
-    ] {
-        assert!(
-            doc["paths"][&path]["get"]["responses"]["404"].is_object(),
-            "{path}"
-        );
+    for path in [format!("{INT}/leads/{{id}}"), format!("{INT}/opportunities/{{id}}")] {
+        assert!(doc["paths"][&path]["get"]["responses"]["404"].is_object(), "{path}");
     }
     for path in ["/health/live", "/health/ready"] {
         assert!(doc["paths"][path]["get"].is_object(), "{path}");
@@ -71,9 +59,7 @@ async fn openapi_document_covers_every_operation_and_error() {
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
-    let required = schemas["CreateLeadOpportunityRequest"]["required"]
-        .as_array()
-        .unwrap();
+    let required = schemas["CreateLeadOpportunityRequest"]["required"].as_array().unwrap();
     for f in ["customerType", "customer", "product", "ownerId", "channel"] {
         assert!(required.contains(&Value::from(f)), "{f} required");
     }
@@ -99,18 +85,11 @@ async fn docs_page_is_served_without_internet() {
             !asset.starts_with("http:") && !asset.starts_with("https:") && !asset.starts_with("//"),
             "external asset {asset}"
         );
-        let r = app
-            .get(&format!("/docs/{}", asset.trim_start_matches("./")))
-            .await;
+        let r = app.get(&format!("/docs/{}", asset.trim_start_matches("./"))).await;
         assert_eq!(r.status(), 200, "{asset}");
         assert!(!r.bytes().await.unwrap().is_empty());
     }
-    let init = app
-        .get("/docs/swagger-initializer.js")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let init = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
 }
 
@@ -121,23 +100,12 @@ async fn data_survives_a_restart() {
     let app = spawn_app_at(&db).await;
     let (_, lead) = app.create(&ntb("S1", "CARD", "RM001")).await;
     let (_, opp) = app.create(&etb("S1", "LOAN", "RM001")).await;
-    app.call(
-        CLOSE_WON,
-        &serde_json::json!({"opportunityId": opp["id"], "channel": "C"}),
-    )
-    .await;
+    app.call(CLOSE_WON, &serde_json::json!({"opportunityId": opp["id"], "channel": "C"})).await;
     app.stop().await;
 
     let app = spawn_app_at(&db).await;
-    assert_eq!(
-        app.record("leads", lead["id"].as_str().unwrap()).await["status"],
-        "New Lead"
-    );
-    assert_eq!(
-        app.record("opportunities", opp["id"].as_str().unwrap())
-            .await["status"],
-        "Close Won"
-    );
+    assert_eq!(app.record("leads", lead["id"].as_str().unwrap()).await["status"], "New Lead");
+    assert_eq!(app.record("opportunities", opp["id"].as_str().unwrap()).await["status"], "Close Won");
     let (status, again) = app.create(&ntb("S1", "CARD", "RM001")).await;
     assert_eq!((status.as_u16(), &again["id"]), (200, &lead["id"]));
     app.stop().await;
@@ -149,25 +117,12 @@ fn a_bad_setting_stops_start_up_with_one_line() {
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
         (vec!["serve", "--listen", "nonsense"], vec![], "listen"),
-        (
-            vec!["serve"],
-            vec![("CRM_LISTEN", "300.1.1.1:80")],
-            "listen",
-        ),
+        (vec!["serve"], vec![("CRM_LISTEN", "300.1.1.1:80")], "listen"),
         (vec!["serve"], vec![("CRM_STORE", "mysql://db")], "store"),
-        (
-            vec!["serve", "--config", "/no/such/file.toml"],
-            vec![],
-            "--config",
-        ),
+        (vec!["serve", "--config", "/no/such/file.toml"], vec![], "--config"),
     ];
     for (args, env, name) in cases {
-        let out = Command::new(BIN)
-            .args(&args)
-            .envs(env.clone())
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let out = Command::new(BIN).args(&args).envs(env.clone()).current_dir(dir.path()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -179,31 +134,16 @@ fn a_bad_setting_stops_start_up_with_one_line() {
 fn migrate_applies_embedded_migrations_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("m/crm.db").display());
-    let first = Command::new(BIN)
-        .args(["migrate", "--store", &store])
-        .output()
-        .unwrap();
+    let first = Command::new(BIN).args(["migrate", "--store", &store]).output().unwrap();
     assert!(first.status.success(), "{first:?}");
     assert!(String::from_utf8_lossy(&first.stdout).contains("1 migration(s) applied"));
-    let second = Command::new(BIN)
-        .args(["migrate", "--store", &store])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"),
-        "{second:?}"
-    );
+    let second = Command::new(BIN).args(["migrate", "--store", &store]).output().unwrap();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"), "{second:?}");
 }
 
 /// Starts the binary on port 0 and returns it with the address it logged. The caller waits for it.
 #[allow(clippy::zombie_processes)]
-fn start_binary(
-    db: &std::path::Path,
-) -> (
-    std::process::Child,
-    String,
-    BufReader<std::process::ChildStdout>,
-) {
+fn start_binary(db: &std::path::Path) -> (std::process::Child, String, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -251,16 +191,12 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     .unwrap();
     conn.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     std::thread::sleep(Duration::from_millis(300));
     // The request began before the signal: it is finished and answered.
     conn.write_all(tail.as_bytes()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut response = String::new();
     let _ = conn.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");

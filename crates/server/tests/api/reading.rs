@@ -63,31 +63,15 @@ async fn search_newest_first_without_history() {
     let (_, o) = app.create(&etb("R2", "CARD", "RM001")).await;
     app.create(&ntb("R3", "CARD", "RM001")).await;
     let all = app.search("R2").await;
-    let ids = |v: &Value| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].clone())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        ids(&all["leads"]),
-        [c["id"].clone(), b["id"].clone(), a["id"].clone()]
-    );
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&all["leads"]), [c["id"].clone(), b["id"].clone(), a["id"].clone()]);
     assert_eq!(ids(&all["opportunities"]), [o["id"].clone()]);
     assert!(all["leads"][0].get("history").is_none());
-    let (status, card) = app
-        .call(SEARCH, &json!({"idNumber": "R2", "product": "CARD"}))
-        .await;
+    let (status, card) = app.call(SEARCH, &json!({"idNumber": "R2", "product": "CARD"})).await;
     assert_eq!(status, 200);
     assert_eq!(ids(&card["leads"]), [b["id"].clone(), a["id"].clone()]);
     let (_, none) = app.call(SEARCH, &json!({"idNumber": "NOBODY"})).await;
     assert_eq!(none, json!({"leads": [], "opportunities": []}));
-    let r = app
-        .post(SEARCH, &json!({"idNumber": "has space", "product": 3}))
-        .await;
-    assert_eq!(
-        fields(&problem(r, 422, "VALIDATION_FAILED").await),
-        ["idNumber", "product"]
-    );
+    let r = app.post(SEARCH, &json!({"idNumber": "has space", "product": 3})).await;
+    assert_eq!(fields(&problem(r, 422, "VALIDATION_FAILED").await), ["idNumber", "product"]);
 }
