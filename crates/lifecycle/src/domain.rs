@@ -43,6 +43,11 @@ macro_rules! plain_code {
             pub fn parse(s: &str) -> Result<Self, Invalid> {
                 code(s, $max, $msg).map(Self)
             }
+            /// A value read back from a store, taken as it is: records written outside the service need
+            /// not meet the input rules, and refusing to read them would make a customer unreadable.
+            pub fn from_stored(s: String) -> Self {
+                Self(s)
+            }
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -113,6 +118,10 @@ macro_rules! personal {
             pub fn parse(s: &str) -> Result<Self, Invalid> {
                 #[allow(clippy::redundant_closure_call)]
                 ($check)(s).map(Self)
+            }
+            /// A value read back from a store, taken as it is (see `Product::from_stored`).
+            pub fn from_stored(s: String) -> Self {
+                Self(s)
             }
             /// The raw value, for storage and for the API's own responses only.
             pub fn expose(&self) -> &str {

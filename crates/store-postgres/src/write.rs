@@ -121,7 +121,7 @@ pub(crate) async fn create(
         open.push(OpenRecord {
             id,
             record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
-            owner_id: OwnerId::parse(&owner).map_err(StoreError::internal)?,
+            owner_id: OwnerId::from_stored(owner),
         });
     }
     let plan = plan_create(request.customer_type, &request.owner_id, &Snapshot { open });

@@ -57,7 +57,9 @@ pub enum OpenError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("cannot migrate the SQLite database {path}: {source}")]
     Migrate { path: PathBuf, source: rusqlite::Error },
-    #[error("the database {path} was created with schema version {found}, newer than this binary's {known}")]
+    #[error(
+        "the database {path} has schema version {found}, which this binary (schema version {known}) does not know"
+    )]
     TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("the database {path} uses matching {stored}, but the configuration asks for {configured}; matching cannot change on an existing store")]
     MatchingChanged { path: PathBuf, stored: String, configured: &'static str },
@@ -183,5 +185,20 @@ impl Store for SqliteStore {
             return Err(StoreError::unavailable("the SQLite writer has stopped"));
         }
         self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(read::error)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_writer_connection_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::connect(&dir.path().join("crm.db")).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL");
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        assert_eq!(fk, 1);
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use lifecycle::Matching;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::OpenError;
 
@@ -15,7 +15,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenE
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
     let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
     let known = MIGRATIONS.len() as i64;
-    if current > known {
+    if current > known || current < 0 {
         return Err(OpenError::TooNew { path: path.to_owned(), found: current, known });
     }
     for (_, sql) in &MIGRATIONS[current as usize..] {
@@ -29,16 +29,14 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenE
 /// The matching mode decides which key the unique index guards, so it is fixed when the store is created.
 pub(crate) fn check_matching(conn: &Connection, path: &Path, matching: Matching) -> Result<(), OpenError> {
     let err = |source| OpenError::Migrate { path: path.to_owned(), source };
-    let stored: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE name = 'matching'", [], |r| r.get(0)).optional().map_err(err)?;
-    match stored {
-        None => {
-            conn.execute("INSERT INTO meta (name, value) VALUES ('matching', ?1)", [matching.as_str()]).map_err(err)?;
-            Ok(())
-        }
-        Some(s) if s == matching.as_str() => Ok(()),
-        Some(stored) => {
-            Err(OpenError::MatchingChanged { path: path.to_owned(), stored, configured: matching.as_str() })
-        }
+    // Insert-if-absent then read, so two processes creating the store at once agree on one value.
+    conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('matching', ?1)", [matching.as_str()])
+        .map_err(err)?;
+    let stored: String =
+        conn.query_row("SELECT value FROM meta WHERE name = 'matching'", [], |r| r.get(0)).map_err(err)?;
+    if stored == matching.as_str() {
+        Ok(())
+    } else {
+        Err(OpenError::MatchingChanged { path: path.to_owned(), stored, configured: matching.as_str() })
     }
 }

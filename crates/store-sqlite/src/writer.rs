@@ -78,7 +78,21 @@ fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Job>, settings: &Se
             return;
         }
     };
-    let done: Vec<Done> = jobs.map(|job| job.apply(&tx, settings)).collect();
+    let mut done = Vec::new();
+    for job in jobs {
+        // On a full disk, an I/O error or lack of memory SQLite rolls the whole transaction back by itself.
+        // Running further jobs then would commit them one by one outside the batch, so they are not run.
+        if tx.is_autocommit() {
+            job.fail("the transaction was rolled back by SQLite");
+            continue;
+        }
+        done.push(job.apply(&tx, settings));
+    }
+    if tx.is_autocommit() {
+        tracing::error!(jobs = done.len(), "sqlite: the transaction was rolled back under the batch");
+        done.into_iter().for_each(|d| d.fail("the transaction was rolled back by SQLite"));
+        return;
+    }
     match tx.commit() {
         Ok(()) => done.into_iter().for_each(Done::send),
         Err(e) => {
@@ -145,7 +159,7 @@ fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
         open.push(OpenRecord {
             id,
             record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
-            owner_id: OwnerId::parse(&owner).map_err(StoreError::internal)?,
+            owner_id: OwnerId::from_stored(owner),
         });
     }
     Ok(Snapshot { open })

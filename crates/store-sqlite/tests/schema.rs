@@ -33,15 +33,44 @@ fn the_database_refuses_a_second_open_record_per_key() {
     assert!(insert(&conn, "x", "LEAD", "New Opportunity").is_err());
 }
 
-#[test]
-fn durability_settings_are_on() {
+#[tokio::test]
+async fn records_written_outside_the_service_stay_readable_and_heal() {
+    use lifecycle::{CreateResult, CustomerType, IdNumber, RecordType};
+    use store::contract::{ctx, request};
+    use store::Store;
+
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crm.db");
+    migrate(&path).unwrap();
+    // A record another system wrote: a phone and an owner code the API would refuse.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, phone,
+                 product, channel, created_at, updated_at)
+             VALUES ('ext1', 'LEAD', 'New Lead', 'OUT1/CARD', ' rm 7 ', 'NTB', 'OUT1', '0901 234 567', 'CARD', 'CRM',
+                 '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+            [],
+        )
+        .unwrap();
     let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!(mode, "wal");
+    let got = store.get(RecordType::Lead, "ext1").await.unwrap().unwrap();
+    assert_eq!(got.record.phone.unwrap().expose(), "0901 234 567");
+    assert_eq!(store.search(&IdNumber::parse("OUT1").unwrap(), None).await.unwrap().leads.len(), 1);
+    let replaced = store.create(&request(CustomerType::Ntb, "OUT1", "CARD", "RM001"), &ctx("r")).await.unwrap();
+    assert_eq!(replaced.result, CreateResult::Replaced);
+    assert_eq!(replaced.closed_record_ids, vec!["ext1".to_owned()]);
     store.shutdown();
+}
+
+#[test]
+fn an_unknown_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    Connection::open(&path).unwrap().pragma_update(None, "user_version", -1).unwrap();
+    assert!(matches!(migrate(&path), Err(OpenError::TooNew { .. })));
+    Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    assert!(matches!(migrate(&path), Err(OpenError::TooNew { .. })));
 }
 
 #[test]
