@@ -49,7 +49,7 @@ impl StoreUrl {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line, for log shippers.
@@ -70,6 +70,10 @@ pub struct Settings {
     pub sqlite_max_batch: usize,
     /// PostgreSQL connections per replica.
     pub postgres_max_connections: u32,
+    /// Longest a request may take, body included, before it is answered 408.
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long requests in flight may take before the process exits anyway.
+    pub shutdown_grace: Duration,
     /// How long a request waits for a PostgreSQL connection before answering 503.
     pub postgres_acquire_timeout: Duration,
 }
@@ -84,6 +88,8 @@ impl Default for Settings {
             log_filter: "info".into(),
             sqlite_max_batch: 256,
             postgres_max_connections: 16,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
             postgres_acquire_timeout: Duration::from_secs(3),
         }
     }
@@ -101,6 +107,8 @@ pub struct FileSettings {
     pub sqlite_max_batch: Option<usize>,
     pub postgres_max_connections: Option<u32>,
     pub postgres_acquire_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// Values from the environment or the command line, which override the file.
@@ -115,9 +123,9 @@ pub struct Overrides {
     /// TOML file with further settings (listen, store, matching, log_format, log_filter, sqlite_max_batch)
     #[arg(long, env = "CRM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log line format [default: json]
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
+    /// Log line format: json or compact [default: json]
+    #[arg(long, env = "CRM_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// A setting that stops start-up. Its `Display` is the one line the operator sees.
@@ -155,7 +163,18 @@ impl Settings {
         if let Some(v) = &file.matching {
             s.matching = Matching::parse(v).map_err(|e| bad("matching", e))?;
         }
-        if let Some(v) = overrides.log_format.or(file.log_format) {
+        if let Some(v) = &overrides.log_format {
+            s.log_format = match v.as_str() {
+                "json" => LogFormat::Json,
+                "compact" => LogFormat::Compact,
+                _ => {
+                    return Err(bad(
+                        "log format (--log-format, CRM_LOG_FORMAT)",
+                        format!("{v:?}: must be json or compact"),
+                    ))
+                }
+            };
+        } else if let Some(v) = file.log_format {
             s.log_format = v;
         }
         if let Some(v) = file.log_filter {
@@ -173,6 +192,26 @@ impl Settings {
                 return Err(bad("postgres_max_connections", "must be 1-1000"));
             }
             s.postgres_max_connections = v;
+        }
+        for (name, value, target) in [
+            ("request_timeout_ms", file.request_timeout_ms, &mut s.request_timeout),
+            ("shutdown_grace_ms", file.shutdown_grace_ms, &mut s.shutdown_grace),
+        ] {
+            if let Some(v) = value {
+                if v == 0 || v > 3_600_000 {
+                    return Err(bad(name, "must be 1-3600000"));
+                }
+                *target = Duration::from_millis(v);
+            }
+        }
+        if !s.listen.ip().is_loopback() {
+            return Err(bad(
+                "listen (--listen, CRM_LISTEN)",
+                format!(
+                    "{}: no API keys are configured, so the service runs open and only on a loopback address (127.0.0.1 or ::1)",
+                    s.listen
+                ),
+            ));
         }
         if let Some(v) = file.postgres_acquire_timeout_ms {
             if v == 0 || v > 600_000 {
@@ -199,16 +238,24 @@ mod tests {
     fn flags_beat_the_file_and_bad_values_name_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nstore = \"sqlite:///tmp/x.db\"\nmatching = \"id_number\"\n",
+        )
+        .unwrap();
         let mut o = Overrides { config: Some(file.clone()), ..Default::default() };
         let s = Settings::load(&o).unwrap();
-        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(s.store, StoreUrl::Sqlite("/tmp/x.db".into()));
         assert_eq!(s.matching, Matching::IdNumber);
         o.listen = Some("127.0.0.1:7000".into());
         assert_eq!(Settings::load(&o).unwrap().listen.to_string(), "127.0.0.1:7000");
 
+        o.listen = Some("0.0.0.0:8080".into());
+        let e = Settings::load(&o).unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("loopback"), "{e}");
+        o.listen = Some("[::1]:8080".into());
+        assert!(Settings::load(&o).is_ok());
         o.listen = Some("nonsense".into());
         let e = Settings::load(&o).unwrap_err().to_string();
         assert!(e.contains("listen") && e.contains("nonsense"), "{e}");

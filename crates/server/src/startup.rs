@@ -79,6 +79,7 @@ pub fn pg_config(settings: &Settings, url: &str) -> PgConfig {
 /// A bound, ready-to-run service. Tests build it on port 0 and read [`Application::port`].
 pub struct Application {
     listener: TcpListener,
+    grace: std::time::Duration,
     backend: Backend,
     router: axum::Router,
 }
@@ -87,11 +88,11 @@ impl Application {
     /// Opens the store (migrating it) and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let backend = Backend::open(settings).await?;
-        let router = api::router(AppState { store: backend.port() });
+        let router = api::router(AppState { store: backend.port(), request_timeout: settings.request_timeout });
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, backend, router })
+        Ok(Self { listener, backend, router, grace: settings.shutdown_grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -105,10 +106,31 @@ impl Application {
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, backend, router } = self;
+        let Self { listener, backend, router, grace } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
-        tracing::info!("stopped accepting; requests in flight finished");
+        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        });
+        let mut graceful = stopped.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        });
+        let deadline = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = server => {
+                tracing::info!("stopped accepting; requests in flight finished");
+                served
+            }
+            _ = deadline => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the grace period; closing");
+                Ok(())
+            }
+        };
         backend.shutdown().await;
         served
     }

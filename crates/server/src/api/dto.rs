@@ -19,10 +19,45 @@ use super::fields::Fields;
 
 /// `NTB` (New To Bank) or `ETB` (Existing To Bank).
 #[derive(ToSchema)]
+#[schema(as = CustomerType)]
 #[allow(dead_code, clippy::upper_case_acronyms)]
 pub enum CustomerTypeDto {
     NTB,
     ETB,
+}
+
+/// A record's status, exactly as on the wire (SPEC §1).
+#[derive(ToSchema)]
+#[schema(as = Status)]
+#[allow(dead_code)]
+pub enum StatusDto {
+    #[schema(rename = "New Lead")]
+    NewLead,
+    #[schema(rename = "New Opportunity")]
+    NewOpportunity,
+    #[schema(rename = "Close Won")]
+    CloseWon,
+    #[schema(rename = "Close Lost")]
+    CloseLost,
+}
+
+/// The kind of record.
+#[derive(ToSchema)]
+#[schema(as = RecordType)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+pub enum RecordTypeDto {
+    LEAD,
+    OPPORTUNITY,
+}
+
+/// What a create did: `CREATED` (201), `REPLACED` (201: records of another RM closed) or `EXISTING` (200).
+#[derive(ToSchema)]
+#[schema(as = CreateResult)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+pub enum CreateResultDto {
+    CREATED,
+    REPLACED,
+    EXISTING,
 }
 
 /// The customer a journey is for. Personal data: never logged unmasked.
@@ -246,14 +281,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateResponse {
-    /// `CREATED`, `REPLACED` or `EXISTING`.
-    #[schema(example = "CREATED")]
+    #[schema(value_type = CreateResultDto)]
     pub result: &'static str,
-    /// `LEAD` or `OPPORTUNITY`.
-    #[schema(example = "LEAD")]
+    #[schema(value_type = RecordTypeDto)]
     pub record_type: &'static str,
     pub id: String,
-    #[schema(example = "New Lead")]
+    #[schema(value_type = StatusDto)]
     pub status: &'static str,
     #[schema(example = "RM001")]
     pub owner_id: String,
@@ -284,7 +317,7 @@ impl CreateResponse {
 #[derive(Serialize, ToSchema)]
 pub struct RecordStatus {
     pub id: String,
-    #[schema(example = "Close Won")]
+    #[schema(value_type = StatusDto)]
     pub status: &'static str,
 }
 
@@ -312,7 +345,7 @@ impl From<CloseWonOutcome> for CloseWonResponse {
 #[serde(rename_all = "camelCase")]
 pub struct CloseLostOpportunityResponse {
     pub opportunity_id: String,
-    #[schema(example = "Close Lost")]
+    #[schema(value_type = StatusDto)]
     pub status: &'static str,
 }
 
@@ -321,7 +354,7 @@ pub struct CloseLostOpportunityResponse {
 #[serde(rename_all = "camelCase")]
 pub struct CloseLostLeadResponse {
     pub lead_id: String,
-    #[schema(example = "Close Lost")]
+    #[schema(value_type = StatusDto)]
     pub status: &'static str,
 }
 
@@ -330,7 +363,9 @@ pub struct CloseLostLeadResponse {
 #[serde(rename_all = "camelCase")]
 pub struct HistoryDto {
     /// `null` at creation.
+    #[schema(value_type = Option<StatusDto>)]
     pub from: Option<&'static str>,
+    #[schema(value_type = StatusDto)]
     pub to: &'static str,
     pub at: String,
     pub request_id: String,
@@ -353,14 +388,16 @@ impl From<HistoryEntry> for HistoryDto {
 
 /// A lead or opportunity with every field of SPEC §1.
 #[derive(Serialize, ToSchema)]
+#[schema(as = Record)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordDto {
     pub id: String,
-    /// `LEAD` or `OPPORTUNITY`.
+    #[schema(value_type = RecordTypeDto)]
     pub record_type: &'static str,
-    #[schema(example = "New Lead")]
+    #[schema(value_type = StatusDto)]
     pub status: &'static str,
     pub owner_id: String,
+    #[schema(value_type = CustomerTypeDto)]
     pub customer_type: &'static str,
     pub id_number: String,
     pub cif: Option<String>,

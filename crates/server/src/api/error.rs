@@ -52,6 +52,12 @@ pub enum ApiError {
     /// 400 `MALFORMED_REQUEST`: the body is not JSON (or the path cannot be read).
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// 400 `MALFORMED_REQUEST`: the path cannot be read (for example invalid percent-encoding).
+    #[error("bad path: {0}")]
+    BadPath(String),
+    /// 408 `REQUEST_TIMEOUT`: the request (body included) took longer than the configured limit.
+    #[error("request timeout")]
+    Timeout,
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: the body is not `application/json`.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -84,7 +90,10 @@ pub enum ApiError {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", "Malformed request"),
+            Self::Malformed(_) | Self::BadPath(_) => {
+                (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", "Malformed request")
+            }
+            Self::Timeout => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "Request timeout"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type")
             }
@@ -101,6 +110,10 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             Self::Malformed(why) => format!("The request body is not valid JSON: {why}"),
+            Self::BadPath(why) => format!("The request path cannot be read: {why}"),
+            Self::Timeout => "The request did not complete in time; it may or may not have taken effect. \
+                Retry with the same Idempotency-Key."
+                .into(),
             Self::UnsupportedMediaType => "The request body must be sent as Content-Type: application/json.".into(),
             Self::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
             Self::Validation(errors) => {

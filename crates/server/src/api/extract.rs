@@ -59,7 +59,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RecordIdPath {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(id)| RecordIdPath(id))
-            .map_err(|e: PathRejection| ApiError::Malformed(e.body_text()))
+            .map_err(|e: PathRejection| ApiError::BadPath(e.body_text()))
     }
 }
 

@@ -29,13 +29,14 @@ fn what(record_type: RecordType) -> &'static str {
     post, path = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", tag = "lifecycle",
     request_body = CreateRequestDto,
     responses(
-        (status = 201, description = "CREATED or REPLACED", body = CreateResponse),
+        (status = 201, description = "CREATED or REPLACED", body = CreateResponse, headers(("Location" = String, description = "The new record"))),
         (status = 200, description = "EXISTING: an open record of the same RM", body = CreateResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule; `errors` names every field", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
@@ -63,7 +64,8 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> 
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn close_won(
@@ -92,7 +94,8 @@ pub async fn close_won(
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn close_lost_opportunity(
@@ -121,7 +124,8 @@ pub async fn close_lost_opportunity(
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn close_lost_lead(
@@ -146,7 +150,10 @@ async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Resu
     params(("id" = String, Path, description = "The lead's id")),
     responses(
         (status = 200, description = "The lead", body = RecordDto),
+        (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_lead(
@@ -162,7 +169,10 @@ pub async fn get_lead(
     params(("id" = String, Path, description = "The opportunity's id")),
     responses(
         (status = 200, description = "The opportunity", body = RecordDto),
+        (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_opportunity(
@@ -180,7 +190,10 @@ pub async fn get_opportunity(
         (status = 200, description = "Matching records", body = SearchResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<SearchResponse>, ApiError> {

@@ -11,7 +11,10 @@ pub mod request_id;
 use std::any::Any;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -31,6 +34,20 @@ pub const API_PUBLIC: &str = "/integration-service/api/crm/v1";
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Longest a request may take, body included.
+    pub request_timeout: Duration,
+}
+
+/// Bounds every request, body reading included, so a stalled client cannot hold a connection (or a
+/// shutdown) forever.
+async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_ms = state.request_timeout.as_millis() as u64, "request timed out");
+            ApiError::Timeout.into_response()
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -59,6 +76,7 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
+    let limit = axum::middleware::from_fn_with_state(state.clone(), timeout);
     let api = Router::new()
         .route(&format!("{API_INT}/combo-create-lead-opportunity"), post(handlers::create))
         .route(&format!("{API_INT}/combo-update-lead-opportunity"), post(handlers::close_won))
@@ -69,7 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/search"), post(handlers::search))
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
-        .with_state(state);
+        .with_state(state.clone());
     let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
     Router::new()
         .merge(api)
@@ -79,5 +97,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(limit)
         .layer(axum::middleware::from_fn(request_id::layer))
 }

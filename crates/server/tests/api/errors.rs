@@ -95,7 +95,14 @@ async fn validation_names_every_offending_field() {
         .await;
     assert_eq!(status, 201);
     // Nothing was written by the refused requests.
-    assert_eq!(app.search("12-34").await["leads"], json!([]));
+    assert_eq!(app.search("V-1234").await, json!({"leads": [], "opportunities": []}));
+    // A number out of f64's range in an ignored field is still well-formed JSON.
+    let mut body = ntb("BIG1", "CARD", "RM001").to_string();
+    body.insert_str(1, "\"unknown\": 1e999, ");
+    assert_eq!(app.post_raw(CREATE, Some("application/json"), body).await.status(), 201);
+    // A path that cannot be decoded is a 400 about the path.
+    let p = problem(app.get(&format!("{INT}/leads/%FF")).await, 400, "MALFORMED_REQUEST").await;
+    assert!(p["detail"].as_str().unwrap().contains("path"), "{p}");
 }
 
 #[tokio::test]

@@ -30,13 +30,26 @@ pub async fn spawn_app() -> TestApp {
     app
 }
 
+/// The real application on port 0 with a fresh database and settings changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&dir.path().join("crm.db"));
+    tweak(&mut settings);
+    let mut app = start(settings).await;
+    app._dir = Some(dir);
+    app
+}
+
+fn settings_for(db: &Path) -> Settings {
+    Settings { listen: "127.0.0.1:0".parse().unwrap(), store: StoreUrl::Sqlite(db.to_owned()), ..Settings::default() }
+}
+
 /// The real application on port 0 over the database file `db` (which may already exist).
 pub async fn spawn_app_at(db: &Path) -> TestApp {
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: StoreUrl::Sqlite(db.to_owned()),
-        ..Settings::default()
-    };
+    start(settings_for(db)).await
+}
+
+async fn start(settings: Settings) -> TestApp {
     let app = Application::build(&settings).await.expect("the app starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();

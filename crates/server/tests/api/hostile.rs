@@ -26,14 +26,13 @@ fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
-fn valid_body(path: &str) -> Value {
+/// A valid body for `path`, naming real records so mutations reach the store's transitions.
+fn valid_body(path: &str, lead: &Value, opp: &Value) -> Value {
     match path {
         CREATE => ntb("H1", "CARD", "RM001"),
-        CLOSE_WON => {
-            json!({"leadId": "x", "channel": "C", "convertToOpportunity": true, "reason": "R"})
-        }
-        LOST_OPP => json!({"opportunityId": "x", "status": "Close Lost", "channel": "C"}),
-        LOST_LEAD => json!({"leadId": "x", "status": "Close Lost", "channel": "C"}),
+        CLOSE_WON => json!({"leadId": lead, "channel": "C", "convertToOpportunity": true, "reason": "R"}),
+        LOST_OPP => json!({"opportunityId": opp, "status": "Close Lost", "channel": "C"}),
+        LOST_LEAD => json!({"leadId": lead, "status": "Close Lost", "channel": "C"}),
         _ => json!({"idNumber": "H1", "product": "CARD"}),
     }
 }
@@ -74,6 +73,9 @@ fn input() -> impl Strategy<Value = Input> {
 fn random_input_never_causes_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn_app());
+    let (_, lead) = rt.block_on(app.create(&ntb("H0", "CARD", "RM001")));
+    let (_, opp) = rt.block_on(app.create(&etb("H0", "CARD", "RM001")));
+    let (lead, opp) = (lead["id"].clone(), opp["id"].clone());
     let paths = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD, SEARCH];
     let mut runner = TestRunner::new(Config { cases: 400, failure_persistence: None, ..Config::default() });
     runner
@@ -83,7 +85,7 @@ fn random_input_never_causes_a_5xx() {
                 Input::Json(v) => v.to_string().into_bytes(),
                 Input::Bytes(b) => b,
                 Input::Mutated { field, nested, value } => {
-                    let mut body = valid_body(path);
+                    let mut body = valid_body(path, &lead, &opp);
                     if nested && path == CREATE {
                         body["customer"][CUSTOMER_FIELDS[field % CUSTOMER_FIELDS.len()]] = value;
                     } else {

@@ -55,10 +55,19 @@ async fn openapi_document_covers_every_operation_and_error() {
         "CloseLostLeadRequest",
         "SearchRequest",
         "SearchResponse",
-        "RecordDto",
+        "Record",
+        "Status",
+        "RecordType",
+        "CreateResult",
+        "CustomerType",
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
+    let statuses = &schemas["Status"]["enum"];
+    assert_eq!(statuses, &serde_json::json!(["New Lead", "New Opportunity", "Close Won", "Close Lost"]));
+    assert!(doc["paths"][CREATE]["post"]["responses"]["201"]["headers"]["Location"].is_object());
+    assert!(doc["paths"][CREATE]["post"]["responses"]["503"]["headers"]["Retry-After"].is_object());
+    assert!(doc["paths"][CREATE]["post"]["responses"]["500"].is_object());
     let required = schemas["CreateLeadOpportunityRequest"]["required"].as_array().unwrap();
     for f in ["customerType", "customer", "product", "ownerId", "channel"] {
         assert!(required.contains(&Value::from(f)), "{f} required");
@@ -93,6 +102,24 @@ async fn docs_page_is_served_without_internet() {
     assert!(init.contains("/openapi.json"), "{init}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_by_the_request_timeout() {
+    let app = spawn_app_with(|s| s.request_timeout = Duration::from_millis(300)).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = conn.read(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
+}
+
 #[tokio::test]
 async fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,6 +147,8 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         (vec!["serve"], vec![("CRM_LISTEN", "300.1.1.1:80")], "listen"),
         (vec!["serve"], vec![("CRM_STORE", "mysql://db")], "store"),
         (vec!["serve", "--config", "/no/such/file.toml"], vec![], "--config"),
+        (vec!["serve", "--log-format", "bogus"], vec![], "log format"),
+        (vec!["serve", "--listen", "0.0.0.0:8080"], vec![], "loopback"),
     ];
     for (args, env, name) in cases {
         let out = Command::new(BIN).args(&args).envs(env.clone()).current_dir(dir.path()).output().unwrap();
