@@ -38,6 +38,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if !is_json(content_type) {
             return Err(ApiError::UnsupportedMediaType);
         }
+        // A declared length over the limit is refused before a byte of the body is read.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge

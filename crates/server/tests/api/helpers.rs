@@ -4,6 +4,7 @@ use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
+use store_postgres::scratch::ScratchDb;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -14,49 +15,100 @@ pub const LOST_OPP: &str = "/integration-service/api/crm/v1/update-opportunity-s
 pub const LOST_LEAD: &str = "/integration-service/api/crm/v1/update-lead-status";
 pub const SEARCH: &str = "/integration-service/int/api/crm/v1/search";
 
+/// The store a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Keeps a test's database alive until the test ends.
+enum Guard {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Pg(#[allow(dead_code)] ScratchDb),
+    Gone,
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: Client,
+    pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: Option<tempfile::TempDir>,
+    guard: Guard,
 }
 
-/// The real application on port 0 with a fresh database in a temporary folder.
-pub async fn spawn_app() -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut app = spawn_app_at(&dir.path().join("crm.db")).await;
-    app._dir = Some(dir);
-    app
+/// Expands each `async fn name(app: TestApp) { … }` into a module `name` with two tests, `sqlite` and
+/// `postgres`, each running the body against the real app on a fresh database of that backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($(async fn $name:ident($app:ident: TestApp) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($app: $crate::helpers::TestApp) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                run($crate::helpers::spawn($crate::helpers::Backend::Sqlite).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                run($crate::helpers::spawn($crate::helpers::Backend::Postgres).await).await
+            }
+        }
+    )*};
 }
 
-/// The real application on port 0 with a fresh database and settings changed by `tweak`.
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_for(&dir.path().join("crm.db"));
+/// The real application on port 0 with a fresh database of `backend`.
+pub async fn spawn(backend: Backend) -> TestApp {
+    spawn_with(backend, |_| {}).await
+}
+
+/// The real application on port 0 with a fresh database of `backend` and settings changed by `tweak`.
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (store, guard) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (StoreUrl::Sqlite(dir.path().join("crm.db")), Guard::Dir(dir))
+        }
+        Backend::Postgres => {
+            let db = ScratchDb::create("crm_api").await;
+            (StoreUrl::Postgres(db.url.clone()), Guard::Pg(db))
+        }
+    };
+    let mut settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, ..Settings::default() };
     tweak(&mut settings);
-    let mut app = start(settings).await;
-    app._dir = Some(dir);
-    app
+    start(settings, guard).await
 }
 
-fn settings_for(db: &Path) -> Settings {
-    Settings { listen: "127.0.0.1:0".parse().unwrap(), store: StoreUrl::Sqlite(db.to_owned()), ..Settings::default() }
+/// The real application on port 0 with a fresh embedded database.
+pub async fn spawn_app() -> TestApp {
+    spawn(Backend::Sqlite).await
+}
+
+/// The real application on port 0 with a fresh embedded database and settings changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_with(Backend::Sqlite, tweak).await
 }
 
 /// The real application on port 0 over the database file `db` (which may already exist).
 pub async fn spawn_app_at(db: &Path) -> TestApp {
-    start(settings_for(db)).await
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: StoreUrl::Sqlite(db.to_owned()),
+        ..Settings::default()
+    };
+    start(settings, Guard::Gone).await
 }
 
-async fn start(settings: Settings) -> TestApp {
+async fn start(settings: Settings, guard: Guard) -> TestApp {
     let app = Application::build(&settings).await.expect("the app starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { base, client: Client::new(), stop: Some(stop), server: Some(server), _dir: None }
+    TestApp { base, client: Client::new(), settings, stop: Some(stop), server: Some(server), guard }
 }
 
 impl TestApp {
@@ -97,6 +149,14 @@ impl TestApp {
         let (status, body) = self.call(SEARCH, &json!({ "idNumber": id_number })).await;
         assert_eq!(status, 200);
         body
+    }
+
+    /// Stops the server and starts a new one on the same database.
+    pub async fn restart(mut self) -> TestApp {
+        let guard = std::mem::replace(&mut self.guard, Guard::Gone);
+        let settings = self.settings.clone();
+        self.stop().await;
+        start(settings, guard).await
     }
 
     /// Stops the server (graceful shutdown) and waits for the store to drain.

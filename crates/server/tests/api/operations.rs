@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::both_backends;
 use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_integration-service");
@@ -120,24 +121,6 @@ async fn a_stalled_body_is_cut_by_the_request_timeout() {
     assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
 }
 
-#[tokio::test]
-async fn data_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crm.db");
-    let app = spawn_app_at(&db).await;
-    let (_, lead) = app.create(&ntb("S1", "CARD", "RM001")).await;
-    let (_, opp) = app.create(&etb("S1", "LOAN", "RM001")).await;
-    app.call(CLOSE_WON, &serde_json::json!({"opportunityId": opp["id"], "channel": "C"})).await;
-    app.stop().await;
-
-    let app = spawn_app_at(&db).await;
-    assert_eq!(app.record("leads", lead["id"].as_str().unwrap()).await["status"], "New Lead");
-    assert_eq!(app.record("opportunities", opp["id"].as_str().unwrap()).await["status"], "Close Won");
-    let (status, again) = app.create(&ntb("S1", "CARD", "RM001")).await;
-    assert_eq!((status.as_u16(), &again["id"]), (200, &lead["id"]));
-    app.stop().await;
-}
-
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,4 +220,18 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     assert_eq!(found["leads"][0]["history"], Value::Null);
     assert_eq!(found["leads"].as_array().unwrap().len(), 1);
     app.stop().await;
+}
+
+both_backends! {
+    async fn data_survives_a_restart(app: TestApp) {
+        let (_, lead) = app.create(&ntb("S1", "CARD", "RM001")).await;
+        let (_, opp) = app.create(&etb("S1", "LOAN", "RM001")).await;
+        app.call(CLOSE_WON, &serde_json::json!({"opportunityId": opp["id"], "channel": "C"})).await;
+        let app = app.restart().await;
+        assert_eq!(app.record("leads", lead["id"].as_str().unwrap()).await["status"], "New Lead");
+        assert_eq!(app.record("opportunities", opp["id"].as_str().unwrap()).await["status"], "Close Won");
+        let (status, again) = app.create(&ntb("S1", "CARD", "RM001")).await;
+        assert_eq!((status.as_u16(), &again["id"]), (200, &lead["id"]));
+        app.stop().await;
+    }
 }
