@@ -12,6 +12,8 @@
 //! - **Readers** use their own connections (WAL lets them run beside the writer) on the blocking pool.
 //! - **The database is the final guard**: a partial unique index refuses a second open record per key.
 
+mod idempotency;
+mod ops;
 mod read;
 mod schema;
 mod writer;
@@ -27,6 +29,7 @@ use store::{
     CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
     StoreError,
 };
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 pub use schema::MIGRATIONS;
@@ -132,12 +135,17 @@ impl SqliteStore {
         }
     }
 
-    async fn submit<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Job,
-    ) -> Result<T, StoreError> {
+    /// Runs `work` in the writer's transaction and waits until it is durable.
+    async fn submit<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &writer::Settings) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        self.jobs.send(make(tx)).await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
+        self.jobs
+            .send(writer::job(work, tx))
+            .await
+            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
         rx.await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
     }
 }
@@ -146,7 +154,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         let (request, ctx) = (request.clone(), ctx.clone());
-        self.submit(|reply| writer::Job::Create { request, ctx, reply }).await
+        self.submit(move |tx, s| ops::create(tx, &request, &ctx, s.matching, OffsetDateTime::now_utc())).await
     }
 
     async fn close_won(
@@ -157,7 +165,7 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(|reply| writer::Job::CloseWon { record_type, id, convert, ctx, reply }).await
+        self.submit(move |tx, _| ops::close_won(tx, record_type, &id, convert, &ctx, OffsetDateTime::now_utc())).await
     }
 
     async fn close_lost(
@@ -167,7 +175,7 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(|reply| writer::Job::CloseLost { record_type, id, ctx, reply }).await
+        self.submit(move |tx, _| ops::close_lost(tx, record_type, &id, &ctx, OffsetDateTime::now_utc())).await
     }
 
     async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {

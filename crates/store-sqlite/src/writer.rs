@@ -1,56 +1,95 @@
 //! The writer thread: batches of jobs, one transaction and one fsync per batch, a savepoint per job.
+//!
+//! A job is any closure over the transaction; its answer is held back until the batch's commit is durable,
+//! and turned into an "unavailable, nothing changed" error if the commit fails.
 
-use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
-    OwnerId, Reason, RecordType, Snapshot, Status, Target,
-};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
-use time::OffsetDateTime;
+use lifecycle::Matching;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::read::{error, format_time};
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A write operation waiting for the writer.
-pub(crate) enum Job {
-    Create { request: CreateRequest, ctx: RequestContext, reply: Reply<CreateOutcome> },
-    CloseWon { record_type: RecordType, id: String, convert: bool, ctx: RequestContext, reply: Reply<CloseWonOutcome> },
-    CloseLost { record_type: RecordType, id: String, ctx: RequestContext, reply: Reply<RecordRef> },
-}
+use crate::read::error;
 
 pub(crate) struct Settings {
     pub matching: Matching,
     pub max_batch: usize,
 }
 
-/// An answer computed inside the transaction, sent only once the transaction is durable.
-enum Done {
-    Create(Reply<CreateOutcome>, Result<CreateOutcome, StoreError>),
-    CloseWon(Reply<CloseWonOutcome>, Result<CloseWonOutcome, StoreError>),
-    CloseLost(Reply<RecordRef>, Result<RecordRef, StoreError>),
+/// A write waiting for the writer.
+pub(crate) type Job = Box<dyn Work>;
+
+/// An answer computed inside the transaction, waiting for the commit.
+type Pending = Box<dyn Deliver>;
+
+pub(crate) trait Work: Send {
+    /// Runs in its own savepoint: a job that fails leaves nothing behind, and the rest of the batch goes on.
+    fn run(self: Box<Self>, tx: &Transaction<'_>, settings: &Settings) -> Pending;
+    /// The job was never run: answer it as failed.
+    fn fail(self: Box<Self>, why: &str);
 }
 
-impl Done {
-    fn send(self) {
-        // A caller that went away (client disconnected) no longer needs the answer; the write stands.
-        match self {
-            Done::Create(r, v) => drop(r.send(v)),
-            Done::CloseWon(r, v) => drop(r.send(v)),
-            Done::CloseLost(r, v) => drop(r.send(v)),
-        }
+pub(crate) trait Deliver: Send {
+    /// The batch is durable: send the answer. A caller that went away no longer needs it; the write stands.
+    fn send(self: Box<Self>);
+    /// The batch was rolled back: nothing of it happened.
+    fn fail(self: Box<Self>, why: &str);
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+struct Task<T, F> {
+    work: F,
+    reply: Reply<T>,
+}
+
+struct Answer<T> {
+    result: Result<T, StoreError>,
+    reply: Reply<T>,
+}
+
+/// A job running `work` in the writer's transaction and answering on `reply`.
+pub(crate) fn job<T, F>(work: F, reply: Reply<T>) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction<'_>, &Settings) -> Result<T, StoreError> + Send + 'static,
+{
+    Box::new(Task { work, reply })
+}
+
+impl<T: Send + 'static, F> Work for Task<T, F>
+where
+    F: FnOnce(&Transaction<'_>, &Settings) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, tx: &Transaction<'_>, settings: &Settings) -> Pending {
+        let Task { work, reply } = *self;
+        let result = in_savepoint(tx, |tx| work(tx, settings));
+        Box::new(Answer { result, reply })
     }
 
-    /// The commit failed: nothing of the batch happened, so every job is told so.
-    fn fail(self, why: &str) {
-        let e = || StoreError::unavailable(why.to_owned());
-        match self {
-            Done::Create(r, _) => drop(r.send(Err(e()))),
-            Done::CloseWon(r, _) => drop(r.send(Err(e()))),
-            Done::CloseLost(r, _) => drop(r.send(Err(e()))),
-        }
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(StoreError::unavailable(why.to_owned())));
     }
+}
+
+impl<T: Send> Deliver for Answer<T> {
+    fn send(self: Box<Self>) {
+        let _ = self.reply.send(self.result);
+    }
+
+    fn fail(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(StoreError::unavailable(why.to_owned())));
+    }
+}
+
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT job").map_err(error)?;
+    let result = f(tx);
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    tx.execute_batch(end).map_err(error)?;
+    result
 }
 
 pub(crate) fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, settings: Settings) {
@@ -78,7 +117,7 @@ fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Job>, settings: &Se
             return;
         }
     };
-    let mut done = Vec::new();
+    let mut done: Vec<Pending> = Vec::new();
     for job in jobs {
         // On a full disk, an I/O error or lack of memory SQLite rolls the whole transaction back by itself.
         // Running further jobs then would commit them one by one outside the batch, so they are not run.
@@ -86,7 +125,7 @@ fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Job>, settings: &Se
             job.fail("the transaction was rolled back by SQLite");
             continue;
         }
-        done.push(job.apply(&tx, settings));
+        done.push(job.run(&tx, settings));
     }
     if tx.is_autocommit() {
         tracing::error!(jobs = done.len(), "sqlite: the transaction was rolled back under the batch");
@@ -94,264 +133,11 @@ fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Job>, settings: &Se
         return;
     }
     match tx.commit() {
-        Ok(()) => done.into_iter().for_each(Done::send),
+        Ok(()) => done.into_iter().for_each(|d| d.send()),
         Err(e) => {
             tracing::error!(error = %e, jobs = done.len(), "sqlite: commit failed, the batch is rolled back");
             let why = format!("commit failed: {e}");
             done.into_iter().for_each(|d| d.fail(&why));
         }
     }
-}
-
-impl Job {
-    /// The job was never run: answer it as failed.
-    fn fail(self, why: &str) {
-        let e = || StoreError::unavailable(why.to_owned());
-        match self {
-            Job::Create { reply, .. } => drop(reply.send(Err(e()))),
-            Job::CloseWon { reply, .. } => drop(reply.send(Err(e()))),
-            Job::CloseLost { reply, .. } => drop(reply.send(Err(e()))),
-        }
-    }
-
-    /// Runs one job in its own savepoint: a job that fails leaves nothing behind, and the rest of the batch
-    /// goes on.
-    fn apply(self, tx: &Transaction<'_>, settings: &Settings) -> Done {
-        fn in_savepoint<T>(
-            tx: &Transaction<'_>,
-            f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-        ) -> Result<T, StoreError> {
-            tx.execute_batch("SAVEPOINT job").map_err(error)?;
-            let result = f(tx);
-            let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-            tx.execute_batch(end).map_err(error)?;
-            result
-        }
-        let now = OffsetDateTime::now_utc();
-        match self {
-            Job::Create { request, ctx, reply } => {
-                Done::Create(reply, in_savepoint(tx, |tx| create(tx, &request, &ctx, settings.matching, now)))
-            }
-            Job::CloseWon { record_type, id, convert, ctx, reply } => {
-                Done::CloseWon(reply, in_savepoint(tx, |tx| close_won(tx, record_type, &id, convert, &ctx, now)))
-            }
-            Job::CloseLost { record_type, id, ctx, reply } => {
-                Done::CloseLost(reply, in_savepoint(tx, |tx| close_lost(tx, record_type, &id, &ctx, now)))
-            }
-        }
-    }
-}
-
-fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT id, record_type, owner_id FROM records
-             WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity')
-             ORDER BY seq DESC",
-        )
-        .map_err(error)?;
-    let rows = stmt
-        .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
-        .map_err(error)?;
-    let mut open = Vec::new();
-    for row in rows {
-        let (id, record_type, owner) = row.map_err(error)?;
-        open.push(OpenRecord {
-            id,
-            record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
-            owner_id: OwnerId::from_stored(owner),
-        });
-    }
-    Ok(Snapshot { open })
-}
-
-fn history(
-    tx: &Transaction<'_>,
-    record_id: &str,
-    from: Option<Status>,
-    to: Status,
-    at: &str,
-    ctx: &RequestContext,
-    reason: Option<&Reason>,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            record_id,
-            from.map(Status::as_str),
-            to.as_str(),
-            at,
-            ctx.request_id,
-            ctx.channel.as_str(),
-            reason.map(Reason::as_str)
-        ])
-    })
-    .map_err(error)?;
-    Ok(())
-}
-
-/// Moves an open record to a final status; `false` when it was no longer open (it cannot happen under the
-/// single writer, but the condition keeps the update honest).
-fn set_status(tx: &Transaction<'_>, id: &str, from: Status, to: Status, at: &str) -> Result<bool, StoreError> {
-    let n = tx
-        .prepare_cached("UPDATE records SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
-        .and_then(|mut s| s.execute(params![to.as_str(), at, id, from.as_str()]))
-        .map_err(error)?;
-    Ok(n == 1)
-}
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn create(
-    tx: &Transaction<'_>,
-    request: &CreateRequest,
-    ctx: &RequestContext,
-    matching: Matching,
-    now: OffsetDateTime,
-) -> Result<CreateOutcome, StoreError> {
-    let key = request.match_key(matching);
-    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot(tx, key.expose())?);
-    let result = plan.result();
-    match plan {
-        CreatePlan::Existing { record_type, id } => Ok(CreateOutcome {
-            result,
-            record_type,
-            status: record_type.open_status(),
-            id,
-            owner_id: request.owner_id.clone(),
-            closed_record_ids: Vec::new(),
-        }),
-        CreatePlan::Create { record_type, close } => {
-            let at = format_time(now);
-            let open = record_type.open_status();
-            let owner_changed = Reason::owner_changed();
-            for id in &close {
-                if !set_status(tx, id, open, Status::CloseLost, &at)? {
-                    return Err(StoreError::internal(format!("record {id} changed under the writer")));
-                }
-                history(tx, id, Some(open), Status::CloseLost, &at, ctx, Some(&owner_changed))?;
-            }
-            let id = new_id();
-            let c = &request.customer;
-            tx.prepare_cached(
-                "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
-                     full_name, phone, email, product, channel, journey_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    record_type.as_str(),
-                    open.as_str(),
-                    key.expose(),
-                    request.owner_id.as_str(),
-                    request.customer_type.as_str(),
-                    c.id_number.expose(),
-                    c.cif.as_ref().map(|v| v.expose()),
-                    c.full_name.as_ref().map(|v| v.expose()),
-                    c.phone.as_ref().map(|v| v.expose()),
-                    c.email.as_ref().map(|v| v.expose()),
-                    request.product.as_str(),
-                    request.channel.as_str(),
-                    request.journey_id.as_ref().map(|v| v.as_str()),
-                    at,
-                ])
-            })
-            .map_err(error)?;
-            history(tx, &id, None, open, &at, ctx, ctx.reason.as_ref())?;
-            Ok(CreateOutcome {
-                result,
-                record_type,
-                id,
-                status: open,
-                owner_id: request.owner_id.clone(),
-                closed_record_ids: close,
-            })
-        }
-    }
-}
-
-fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Target, StoreError> {
-    tx.prepare_cached("SELECT status, converted_opportunity_id FROM records WHERE id = ?1 AND record_type = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![id, record_type.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })
-            .optional()
-        })
-        .map_err(error)?
-        .ok_or(StoreError::NotFound)
-        .and_then(|(status, converted)| {
-            Ok(Target {
-                id: id.to_owned(),
-                record_type,
-                status: Status::parse(&status).map_err(StoreError::internal)?,
-                converted_opportunity_id: converted,
-            })
-        })
-}
-
-fn close_won(
-    tx: &Transaction<'_>,
-    record_type: RecordType,
-    id: &str,
-    convert: bool,
-    ctx: &RequestContext,
-    now: OffsetDateTime,
-) -> Result<CloseWonOutcome, StoreError> {
-    let mut t = target(tx, record_type, id)?;
-    match plan_close_won(&t, convert) {
-        CloseWonPlan::AlreadyWon => Ok(CloseWonOutcome::won(&t)),
-        CloseWonPlan::Refuse => Err(StoreError::InvalidTransition { current: t.status }),
-        CloseWonPlan::Win { convert } => {
-            let at = format_time(now);
-            set_status(tx, id, t.status, Status::CloseWon, &at)?;
-            history(tx, id, Some(t.status), Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
-            if convert {
-                let opp = new_id();
-                // The opportunity takes the lead's customer, product, owner, channel and journey.
-                tx.prepare_cached(
-                    "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
-                         full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
-                         created_at, updated_at)
-                     SELECT ?1, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
-                         full_name, phone, email, product, channel, journey_id, id, ?2, ?2
-                     FROM records WHERE id = ?3",
-                )
-                .and_then(|mut s| s.execute(params![opp, at, id]))
-                .map_err(error)?;
-                tx.prepare_cached("UPDATE records SET converted_opportunity_id = ?1 WHERE id = ?2")
-                    .and_then(|mut s| s.execute(params![opp, id]))
-                    .map_err(error)?;
-                history(tx, &opp, None, Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
-                t.converted_opportunity_id = Some(opp);
-            }
-            Ok(CloseWonOutcome::won(&t))
-        }
-    }
-}
-
-fn close_lost(
-    tx: &Transaction<'_>,
-    record_type: RecordType,
-    id: &str,
-    ctx: &RequestContext,
-    now: OffsetDateTime,
-) -> Result<RecordRef, StoreError> {
-    let t = target(tx, record_type, id)?;
-    match plan_close_lost(&t) {
-        CloseLostPlan::AlreadyLost => {}
-        CloseLostPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
-        CloseLostPlan::Lose => {
-            let at = format_time(now);
-            set_status(tx, id, t.status, Status::CloseLost, &at)?;
-            history(tx, id, Some(t.status), Status::CloseLost, &at, ctx, ctx.reason.as_ref())?;
-        }
-    }
-    Ok(RecordRef { id: t.id, status: Status::CloseLost })
 }

@@ -1,0 +1,225 @@
+//! The lifecycle operations as the writer runs them: read the snapshot, ask the rules, execute the plan.
+
+use lifecycle::{
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
+    OwnerId, Reason, RecordType, Snapshot, Status, Target,
+};
+use rusqlite::{params, OptionalExtension, Transaction};
+use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use time::OffsetDateTime;
+
+use crate::read::{error, format_time};
+
+fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, record_type, owner_id FROM records
+             WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity')
+             ORDER BY seq DESC",
+        )
+        .map_err(error)?;
+    let rows = stmt
+        .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+        .map_err(error)?;
+    let mut open = Vec::new();
+    for row in rows {
+        let (id, record_type, owner) = row.map_err(error)?;
+        open.push(OpenRecord {
+            id,
+            record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
+            owner_id: OwnerId::from_stored(owner),
+        });
+    }
+    Ok(Snapshot { open })
+}
+
+fn history(
+    tx: &Transaction<'_>,
+    record_id: &str,
+    from: Option<Status>,
+    to: Status,
+    at: &str,
+    ctx: &RequestContext,
+    reason: Option<&Reason>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record_id,
+            from.map(Status::as_str),
+            to.as_str(),
+            at,
+            ctx.request_id,
+            ctx.channel.as_str(),
+            reason.map(Reason::as_str)
+        ])
+    })
+    .map_err(error)?;
+    Ok(())
+}
+
+/// Moves an open record to a final status; `false` when it was no longer open (it cannot happen under the
+/// single writer, but the condition keeps the update honest).
+fn set_status(tx: &Transaction<'_>, id: &str, from: Status, to: Status, at: &str) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached("UPDATE records SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
+        .and_then(|mut s| s.execute(params![to.as_str(), at, id, from.as_str()]))
+        .map_err(error)?;
+    Ok(n == 1)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn create(
+    tx: &Transaction<'_>,
+    request: &CreateRequest,
+    ctx: &RequestContext,
+    matching: Matching,
+    now: OffsetDateTime,
+) -> Result<CreateOutcome, StoreError> {
+    let key = request.match_key(matching);
+    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot(tx, key.expose())?);
+    let result = plan.result();
+    match plan {
+        CreatePlan::Existing { record_type, id } => Ok(CreateOutcome {
+            result,
+            record_type,
+            status: record_type.open_status(),
+            id,
+            owner_id: request.owner_id.clone(),
+            closed_record_ids: Vec::new(),
+        }),
+        CreatePlan::Create { record_type, close } => {
+            let at = format_time(now);
+            let open = record_type.open_status();
+            let owner_changed = Reason::owner_changed();
+            for id in &close {
+                if !set_status(tx, id, open, Status::CloseLost, &at)? {
+                    return Err(StoreError::internal(format!("record {id} changed under the writer")));
+                }
+                history(tx, id, Some(open), Status::CloseLost, &at, ctx, Some(&owner_changed))?;
+            }
+            let id = new_id();
+            let c = &request.customer;
+            tx.prepare_cached(
+                "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                     full_name, phone, email, product, channel, journey_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    record_type.as_str(),
+                    open.as_str(),
+                    key.expose(),
+                    request.owner_id.as_str(),
+                    request.customer_type.as_str(),
+                    c.id_number.expose(),
+                    c.cif.as_ref().map(|v| v.expose()),
+                    c.full_name.as_ref().map(|v| v.expose()),
+                    c.phone.as_ref().map(|v| v.expose()),
+                    c.email.as_ref().map(|v| v.expose()),
+                    request.product.as_str(),
+                    request.channel.as_str(),
+                    request.journey_id.as_ref().map(|v| v.as_str()),
+                    at,
+                ])
+            })
+            .map_err(error)?;
+            history(tx, &id, None, open, &at, ctx, ctx.reason.as_ref())?;
+            Ok(CreateOutcome {
+                result,
+                record_type,
+                id,
+                status: open,
+                owner_id: request.owner_id.clone(),
+                closed_record_ids: close,
+            })
+        }
+    }
+}
+
+fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Target, StoreError> {
+    tx.prepare_cached("SELECT status, converted_opportunity_id FROM records WHERE id = ?1 AND record_type = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![id, record_type.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()
+        })
+        .map_err(error)?
+        .ok_or(StoreError::NotFound)
+        .and_then(|(status, converted)| {
+            Ok(Target {
+                id: id.to_owned(),
+                record_type,
+                status: Status::parse(&status).map_err(StoreError::internal)?,
+                converted_opportunity_id: converted,
+            })
+        })
+}
+
+pub(crate) fn close_won(
+    tx: &Transaction<'_>,
+    record_type: RecordType,
+    id: &str,
+    convert: bool,
+    ctx: &RequestContext,
+    now: OffsetDateTime,
+) -> Result<CloseWonOutcome, StoreError> {
+    let mut t = target(tx, record_type, id)?;
+    match plan_close_won(&t, convert) {
+        CloseWonPlan::AlreadyWon => Ok(CloseWonOutcome::won(&t)),
+        CloseWonPlan::Refuse => Err(StoreError::InvalidTransition { current: t.status }),
+        CloseWonPlan::Win { convert } => {
+            let at = format_time(now);
+            set_status(tx, id, t.status, Status::CloseWon, &at)?;
+            history(tx, id, Some(t.status), Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
+            if convert {
+                let opp = new_id();
+                // The opportunity takes the lead's customer, product, owner, channel and journey.
+                tx.prepare_cached(
+                    "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                         full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
+                         created_at, updated_at)
+                     SELECT ?1, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
+                         full_name, phone, email, product, channel, journey_id, id, ?2, ?2
+                     FROM records WHERE id = ?3",
+                )
+                .and_then(|mut s| s.execute(params![opp, at, id]))
+                .map_err(error)?;
+                tx.prepare_cached("UPDATE records SET converted_opportunity_id = ?1 WHERE id = ?2")
+                    .and_then(|mut s| s.execute(params![opp, id]))
+                    .map_err(error)?;
+                history(tx, &opp, None, Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
+                t.converted_opportunity_id = Some(opp);
+            }
+            Ok(CloseWonOutcome::won(&t))
+        }
+    }
+}
+
+pub(crate) fn close_lost(
+    tx: &Transaction<'_>,
+    record_type: RecordType,
+    id: &str,
+    ctx: &RequestContext,
+    now: OffsetDateTime,
+) -> Result<RecordRef, StoreError> {
+    let t = target(tx, record_type, id)?;
+    match plan_close_lost(&t) {
+        CloseLostPlan::AlreadyLost => {}
+        CloseLostPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
+        CloseLostPlan::Lose => {
+            let at = format_time(now);
+            set_status(tx, id, t.status, Status::CloseLost, &at)?;
+            history(tx, id, Some(t.status), Status::CloseLost, &at, ctx, ctx.reason.as_ref())?;
+        }
+    }
+    Ok(RecordRef { id: t.id, status: Status::CloseLost })
+}
