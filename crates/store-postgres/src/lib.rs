@@ -11,6 +11,7 @@
 //! guard; a violation (possible only with writers outside the service, or two keys sharing a hash
 //! bucket — which merely serializes them) rolls back and the whole step is retried.
 
+mod idempotency;
 mod read;
 pub mod scratch;
 mod write;

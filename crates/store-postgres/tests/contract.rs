@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use store::Store;
+use store::Backend;
 use store_postgres::scratch::ScratchDb;
 use store_postgres::{PgConfig, PgStore};
 
-async fn fresh() -> (Arc<dyn Store>, ScratchDb) {
+async fn fresh() -> (Arc<dyn Backend>, ScratchDb) {
     let db = ScratchDb::create("crm_contract").await;
     let store = PgStore::open(PgConfig::new(&db.url)).await.unwrap();
     (Arc::new(store), db)

@@ -1,1 +1,93 @@
+//! Idempotency keys in the embedded store. Every call is a writer job, so claims are serialized with
+//! everything else and durable before they are answered.
 
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use store::{Claim, StoreError, StoredResponse};
+use time::OffsetDateTime;
+
+use crate::read::{error, format_time};
+
+type Row = (String, String, Option<String>, String, Option<u16>, Option<String>, Option<String>, Option<Vec<u8>>);
+
+pub(crate) fn claim(
+    tx: &Transaction<'_>,
+    key: &str,
+    fingerprint: &str,
+    lease: Duration,
+    ttl: Duration,
+    now: OffsetDateTime,
+) -> Result<Claim, StoreError> {
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT fingerprint, state, locked_until, expires_at, status, content_type, location, body
+             FROM idempotency_keys WHERE key = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            })
+            .optional()
+        })
+        .map_err(error)?;
+    let now_text = format_time(now);
+    let locked_until = format_time(now + lease);
+    match row {
+        Some((fp, _, _, expires, ..)) if expires > now_text && fp != fingerprint => Ok(Claim::Mismatch),
+        Some((_, state, _, expires, status, content_type, location, body)) if expires > now_text && state == "done" => {
+            Ok(Claim::Replay(StoredResponse {
+                status: status.unwrap_or(200),
+                content_type,
+                location,
+                body: body.unwrap_or_default(),
+            }))
+        }
+        Some((_, _, Some(until), expires, ..)) if expires > now_text && until > now_text => Ok(Claim::InUse),
+        Some((_, _, _, expires, ..)) if expires > now_text => {
+            // A running claim whose lease ran out: its holder died. Take it over.
+            tx.execute("UPDATE idempotency_keys SET locked_until = ?1 WHERE key = ?2", params![locked_until, key])
+                .map_err(error)?;
+            Ok(Claim::Proceed)
+        }
+        _ => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at)
+                 VALUES (?1, ?2, 'running', ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![key, fingerprint, locked_until, format_time(now + ttl)]))
+            .map_err(error)?;
+            Ok(Claim::Proceed)
+        }
+    }
+}
+
+pub(crate) fn complete(
+    tx: &Transaction<'_>,
+    key: &str,
+    fingerprint: &str,
+    r: &StoredResponse,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE idempotency_keys
+         SET state = 'done', locked_until = NULL, status = ?3, content_type = ?4, location = ?5, body = ?6
+         WHERE key = ?1 AND fingerprint = ?2",
+    )
+    .and_then(|mut s| s.execute(params![key, fingerprint, r.status, r.content_type, r.location, r.body]))
+    .map_err(error)?;
+    Ok(())
+}
+
+pub(crate) fn release(tx: &Transaction<'_>, key: &str, fingerprint: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM idempotency_keys WHERE key = ?1 AND fingerprint = ?2 AND state = 'running'",
+        params![key, fingerprint],
+    )
+    .map_err(error)?;
+    Ok(())
+}
+
+pub(crate) fn purge(tx: &Transaction<'_>, now: OffsetDateTime) -> Result<u64, StoreError> {
+    let n = tx.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?1", [format_time(now)]).map_err(error)?;
+    Ok(n as u64)
+}

@@ -21,13 +21,14 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use rusqlite::{Connection, OpenFlags};
 use store::{
-    CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
-    StoreError,
+    Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory, RequestContext,
+    SearchResult, Store, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -193,6 +194,29 @@ impl Store for SqliteStore {
             return Err(StoreError::unavailable("the SQLite writer has stopped"));
         }
         self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(read::error)).await
+    }
+}
+
+#[async_trait]
+impl Idempotency for SqliteStore {
+    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.submit(move |tx, _| idempotency::claim(tx, &key, &fingerprint, lease, ttl, OffsetDateTime::now_utc()))
+            .await
+    }
+
+    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        let (key, fingerprint, response) = (key.to_owned(), fingerprint.to_owned(), response.clone());
+        self.submit(move |tx, _| idempotency::complete(tx, &key, &fingerprint, &response)).await
+    }
+
+    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.submit(move |tx, _| idempotency::release(tx, &key, &fingerprint)).await
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.submit(|tx, _| idempotency::purge(tx, OffsetDateTime::now_utc())).await
     }
 }
 

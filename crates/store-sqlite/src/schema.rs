@@ -8,7 +8,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::OpenError;
 
 /// Every migration, in order; the position (from 1) is the schema version it brings the database to.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_records", include_str!("../migrations/0001_records.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_records", include_str!("../migrations/0001_records.sql")),
+    ("0002_idempotency", include_str!("../migrations/0002_idempotency.sql")),
+];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {
     let err = |source| OpenError::Migrate { path: path.to_owned(), source };

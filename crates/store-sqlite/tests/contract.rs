@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use store::Store;
+use store::Backend;
 use store_sqlite::{SqliteConfig, SqliteStore};
 
-async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
+async fn fresh() -> (Arc<dyn Backend>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(SqliteConfig::new(dir.path().join("crm.db"))).unwrap();
     (Arc::new(store), dir)

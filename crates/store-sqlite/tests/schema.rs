@@ -18,7 +18,7 @@ fn insert(conn: &Connection, id: &str, record_type: &str, status: &str) -> rusql
 fn the_database_refuses_a_second_open_record_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crm.db");
-    assert_eq!(migrate(&path).unwrap(), 1);
+    assert_eq!(migrate(&path).unwrap(), store_sqlite::MIGRATIONS.len());
     assert_eq!(migrate(&path).unwrap(), 0, "idempotent");
     let conn = Connection::open(&path).unwrap();
     insert(&conn, "l1", "LEAD", "New Lead").unwrap();

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use lifecycle::*;
 
-use crate::{RequestContext, Store, StoreError};
+use std::time::Duration;
+
+use crate::{Backend, Claim, RequestContext, Store, StoreError, StoredResponse};
 
 /// Expands to one `#[tokio::test]` per contract case, each on a fresh store from `$make`
-/// (`async fn() -> (Arc<dyn Store>, impl Any)`; the second value is kept alive for the test).
+/// (`async fn() -> (Arc<dyn Backend>, impl Any)`; the second value is kept alive for the test).
 #[macro_export]
 macro_rules! contract_suite {
     ($make:path) => {
@@ -32,6 +34,9 @@ macro_rules! contract_suite {
             concurrent_identical_creates,
             concurrent_competing_owners,
             concurrent_closes_and_creates,
+            idempotency_claim_replay_mismatch,
+            idempotency_leases_and_expiry,
+            idempotency_concurrent_claims,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -78,7 +83,7 @@ async fn status_of(store: &dyn Store, record_type: RecordType, id: &str) -> Stat
     store.get(record_type, id).await.unwrap().expect("record exists").record.status
 }
 
-pub async fn ntb_create_then_existing_then_replaced(store: Arc<dyn Store>) {
+pub async fn ntb_create_then_existing_then_replaced(store: Arc<dyn Backend>) {
     let first = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     assert_eq!(first.result, CreateResult::Created, "N5");
     assert_eq!((first.record_type, first.status), (RecordType::Lead, Status::NewLead));
@@ -111,7 +116,7 @@ pub async fn ntb_create_then_existing_then_replaced(store: Arc<dyn Store>) {
     assert!(record.cif.is_none());
 }
 
-pub async fn etb_rows_and_leads_untouched(store: Arc<dyn Store>) {
+pub async fn etb_rows_and_leads_untouched(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("r0")).await.unwrap();
     let e3 = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
     assert_eq!(
@@ -131,7 +136,7 @@ pub async fn etb_rows_and_leads_untouched(store: Arc<dyn Store>) {
     assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead);
 }
 
-pub async fn ntb_checks_opportunities_first(store: Arc<dyn Store>) {
+pub async fn ntb_checks_opportunities_first(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("r0")).await.unwrap();
     let opp = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
     let n1 = store.create(&ntb("RM001"), &ctx("r2")).await.unwrap();
@@ -146,7 +151,7 @@ pub async fn ntb_checks_opportunities_first(store: Arc<dyn Store>) {
     assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead, "N2 leaves leads");
 }
 
-pub async fn closed_records_never_block(store: Arc<dyn Store>) {
+pub async fn closed_records_never_block(store: Arc<dyn Backend>) {
     // Reading 1: an NTB customer with only closed opportunities goes on to the lead check.
     let opp = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
     store.close_lost(RecordType::Opportunity, &opp.id, &ctx("r2")).await.unwrap();
@@ -164,7 +169,7 @@ pub async fn closed_records_never_block(store: Arc<dyn Store>) {
     assert_eq!(again.result, CreateResult::Created);
 }
 
-pub async fn product_scoping(store: Arc<dyn Store>) {
+pub async fn product_scoping(store: Arc<dyn Backend>) {
     let card = store.create(&request(CustomerType::Ntb, "X1", "CREDIT_CARD", "RM001"), &ctx("r1")).await.unwrap();
     let loan = store.create(&request(CustomerType::Ntb, "X1", "PERSONAL_LOAN", "RM002"), &ctx("r2")).await.unwrap();
     assert_eq!(loan.result, CreateResult::Created);
@@ -175,7 +180,7 @@ pub async fn product_scoping(store: Arc<dyn Store>) {
     assert_eq!(other_customer.result, CreateResult::Created);
 }
 
-pub async fn close_won_opportunity(store: Arc<dyn Store>) {
+pub async fn close_won_opportunity(store: Arc<dyn Backend>) {
     let opp = store.create(&etb("RM001"), &ctx("r1")).await.unwrap();
     let won = store.close_won(RecordType::Opportunity, &opp.id, true, &ctx("r2")).await.unwrap();
     assert!(won.lead.is_none());
@@ -189,7 +194,7 @@ pub async fn close_won_opportunity(store: Arc<dyn Store>) {
     assert_eq!(history.len(), 2, "the repeat and the refusal change nothing");
 }
 
-pub async fn close_won_lead_converts_once(store: Arc<dyn Store>) {
+pub async fn close_won_lead_converts_once(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     let won = store.close_won(RecordType::Lead, &lead.id, true, &ctx("r2")).await.unwrap();
     let l = won.lead.clone().unwrap();
@@ -219,7 +224,7 @@ pub async fn close_won_lead_converts_once(store: Arc<dyn Store>) {
     assert_eq!((next.result, next.record_type), (CreateResult::Created, RecordType::Lead));
 }
 
-pub async fn close_won_lead_without_conversion(store: Arc<dyn Store>) {
+pub async fn close_won_lead_without_conversion(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     let won = store.close_won(RecordType::Lead, &lead.id, false, &ctx("r2")).await.unwrap();
     assert!(won.opportunity.is_none());
@@ -231,7 +236,7 @@ pub async fn close_won_lead_without_conversion(store: Arc<dyn Store>) {
     assert!(all.opportunities.is_empty());
 }
 
-pub async fn close_lost_both_types(store: Arc<dyn Store>) {
+pub async fn close_lost_both_types(store: Arc<dyn Backend>) {
     for (record_type, req) in [(RecordType::Lead, ntb("RM001")), (RecordType::Opportunity, etb("RM001"))] {
         let created = store.create(&req, &ctx("r1")).await.unwrap();
         let mut c = ctx("r2");
@@ -248,7 +253,7 @@ pub async fn close_lost_both_types(store: Arc<dyn Store>) {
     }
 }
 
-pub async fn unknown_and_mistyped_ids(store: Arc<dyn Store>) {
+pub async fn unknown_and_mistyped_ids(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     assert!(matches!(
         store.close_won(RecordType::Opportunity, &lead.id, true, &ctx("r2")).await,
@@ -261,7 +266,7 @@ pub async fn unknown_and_mistyped_ids(store: Arc<dyn Store>) {
     assert_eq!(status_of(&*store, RecordType::Lead, &lead.id).await, Status::NewLead);
 }
 
-pub async fn search_newest_first(store: Arc<dyn Store>) {
+pub async fn search_newest_first(store: Arc<dyn Backend>) {
     let a = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
     let b = store.create(&ntb("RM002"), &ctx("r2")).await.unwrap();
     let c = store.create(&request(CustomerType::Ntb, "079123456789", "LOAN", "RM001"), &ctx("r3")).await.unwrap();
@@ -278,7 +283,7 @@ pub async fn search_newest_first(store: Arc<dyn Store>) {
     assert!(none.leads.is_empty() && none.opportunities.is_empty());
 }
 
-pub async fn history_records_every_change(store: Arc<dyn Store>) {
+pub async fn history_records_every_change(store: Arc<dyn Backend>) {
     let lead = store.create(&ntb("RM001"), &ctx("req-create")).await.unwrap();
     let mut c = ctx("req-won");
     c.reason = Some(Reason::parse("ONBOARDED").unwrap());
@@ -292,7 +297,7 @@ pub async fn history_records_every_change(store: Arc<dyn Store>) {
     assert!(h[0].at <= h[1].at);
 }
 
-pub async fn concurrent_identical_creates(store: Arc<dyn Store>) {
+pub async fn concurrent_identical_creates(store: Arc<dyn Backend>) {
     let tasks: Vec<_> = (0..48)
         .map(|i| {
             let store = store.clone();
@@ -312,7 +317,7 @@ pub async fn concurrent_identical_creates(store: Arc<dyn Store>) {
     assert_eq!(all.leads.len(), 1);
 }
 
-pub async fn concurrent_competing_owners(store: Arc<dyn Store>) {
+pub async fn concurrent_competing_owners(store: Arc<dyn Backend>) {
     let tasks: Vec<_> = (0..48)
         .map(|i| {
             let store = store.clone();
@@ -330,7 +335,7 @@ pub async fn concurrent_competing_owners(store: Arc<dyn Store>) {
     assert_eq!(open_opps, 1, "{open_opps} open opportunities");
 }
 
-pub async fn concurrent_closes_and_creates(store: Arc<dyn Store>) {
+pub async fn concurrent_closes_and_creates(store: Arc<dyn Backend>) {
     // Closes racing with replacing creates: every record ends in exactly one final state, at most one open.
     let seed = store.create(&etb("RM000"), &ctx("seed")).await.unwrap();
     let mut tasks = Vec::new();
@@ -361,4 +366,66 @@ pub async fn concurrent_closes_and_creates(store: Arc<dyn Store>) {
         assert!(h.len() <= 2, "a record changed status after it was final: {h:?}");
         assert_eq!(h.last().unwrap().to, r.status, "history ends at the record's status");
     }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn response(body: &str) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        content_type: Some("application/json".into()),
+        location: Some("/x/1".into()),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+pub async fn idempotency_claim_replay_mismatch(store: Arc<dyn Backend>) {
+    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
+    assert_eq!(store.claim("k1", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
+    let r = response("{\"id\":\"x\"}\u{e9}");
+    store.complete("k1", "fp-a", &r).await.unwrap();
+    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
+    assert_eq!(store.claim("k1", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
+    // Released claims leave the key free.
+    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    store.release("k2", "fp-a").await.unwrap();
+    assert_eq!(store.claim("k2", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    // Releasing does not touch a completed key.
+    store.release("k1", "fp-a").await.unwrap();
+    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
+}
+
+pub async fn idempotency_leases_and_expiry(store: Arc<dyn Backend>) {
+    let short = Duration::from_millis(150);
+    // A holder that died: its lease runs out and a retry takes the key over.
+    assert_eq!(store.claim("lease", "fp", short, HOUR).await.unwrap(), Claim::Proceed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.claim("lease", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    // An expired key is free for any request, and purged.
+    assert_eq!(store.claim("ttl", "fp-a", HOUR, short).await.unwrap(), Claim::Proceed);
+    store.complete("ttl", "fp-a", &response("{}")).await.unwrap();
+    assert_eq!(store.claim("keep", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.purge_expired().await.unwrap(), 1, "only the expired key is purged");
+    assert_eq!(store.claim("ttl", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("keep", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse);
+}
+
+pub async fn idempotency_concurrent_claims(store: Arc<dyn Backend>) {
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim("race", "fp", HOUR, HOUR).await.unwrap() })
+        })
+        .collect();
+    let mut proceed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Claim::Proceed => proceed += 1,
+            Claim::InUse => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(proceed, 1, "exactly one request runs");
 }

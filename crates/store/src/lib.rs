@@ -188,3 +188,53 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the backend answers, for `/health/ready`.
     async fn ready(&self) -> Result<(), StoreError>;
 }
+
+/// A response kept for an `Idempotency-Key`, replayed byte for byte (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub location: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What a request carrying an `Idempotency-Key` may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is now this request's (new, expired, or abandoned by a crashed holder): run it.
+    Proceed,
+    /// The same request already ran: answer with its response, change nothing.
+    Replay(StoredResponse),
+    /// The same request is running right now (here or on another replica): 409 `IDEMPOTENCY_KEY_IN_USE`.
+    InUse,
+    /// The key was used for a different request: 422 `IDEMPOTENCY_KEY_REUSED`.
+    Mismatch,
+}
+
+/// Persisted idempotency keys, shared by every replica. Each call is atomic.
+///
+/// A key is claimed with a lease before the operation runs and completed with its response afterwards. If
+/// the holder dies in between, the lease runs out and a retry takes the key over and runs the operation
+/// again, which is safe: every operation of SPEC §2 is idempotent in effect (a repeated create answers
+/// `EXISTING`, a repeated close answers as the first time).
+#[async_trait]
+pub trait Idempotency: Send + Sync + 'static {
+    /// Claims `key` for a request with `fingerprint`; a running claim is held for `lease`, a completed one
+    /// is kept for `ttl` from the claim.
+    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError>;
+
+    /// Stores the response of the request that holds `key`.
+    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError>;
+
+    /// Gives up a claim without a response (the request failed in a way worth retrying).
+    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError>;
+
+    /// Deletes expired keys; returns how many.
+    async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// A complete backend: the lifecycle store and its idempotency keys, in one place so a key's response and
+/// the records it changed live and fail together.
+pub trait Backend: Store + Idempotency {}
+
+impl<T: Store + Idempotency> Backend for T {}

@@ -148,7 +148,7 @@ fn migrate_applies_embedded_migrations_once() {
     let store = format!("sqlite://{}", dir.path().join("m/crm.db").display());
     let first = Command::new(BIN).args(["migrate", "--store", &store]).output().unwrap();
     assert!(first.status.success(), "{first:?}");
-    assert!(String::from_utf8_lossy(&first.stdout).contains("1 migration(s) applied"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("2 migration(s) applied"));
     let second = Command::new(BIN).args(["migrate", "--store", &store]).output().unwrap();
     assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"), "{second:?}");
 }

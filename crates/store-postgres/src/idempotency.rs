@@ -1,0 +1,109 @@
+//! Idempotency keys shared by every replica. A claim runs under an advisory lock on the key (in its own
+//! namespace, `idem:`), so two replicas racing on one key see each other's claim; times come from the
+//! database's clock, so replicas with skewed clocks agree on leases and expiry.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use store::{Claim, Idempotency, StoreError, StoredResponse};
+
+use crate::write::{retrying, Failure};
+use crate::PgStore;
+
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+async fn claim_once(store: &PgStore, key: &str, fingerprint: &str, lease: &str, ttl: &str) -> Result<Claim, Failure> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('idem:' || $1, 0))").bind(key).execute(&mut *tx).await?;
+    let row = sqlx::query(
+        "SELECT fingerprint, state, locked_until > now() AS leased, status, content_type, location, body
+         FROM idempotency_keys WHERE key = $1 AND expires_at > now()",
+    )
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let claim = match row {
+        Some(r) if r.try_get::<String, _>("fingerprint")? != fingerprint => Claim::Mismatch,
+        Some(r) if r.try_get::<String, _>("state")? == "done" => Claim::Replay(StoredResponse {
+            status: r.try_get::<Option<i32>, _>("status")?.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+            content_type: r.try_get("content_type")?,
+            location: r.try_get("location")?,
+            body: r.try_get::<Option<Vec<u8>>, _>("body")?.unwrap_or_default(),
+        }),
+        Some(r) if r.try_get::<Option<bool>, _>("leased")?.unwrap_or(false) => Claim::InUse,
+        Some(_) => {
+            // A running claim whose lease ran out: its holder died. Take it over.
+            sqlx::query("UPDATE idempotency_keys SET locked_until = now() + $2::interval WHERE key = $1")
+                .bind(key)
+                .bind(lease)
+                .execute(&mut *tx)
+                .await?;
+            Claim::Proceed
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at)
+                 VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval)
+                 ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
+                     locked_until = excluded.locked_until, expires_at = excluded.expires_at,
+                     status = NULL, content_type = NULL, location = NULL, body = NULL",
+            )
+            .bind(key)
+            .bind(fingerprint)
+            .bind(lease)
+            .bind(ttl)
+            .execute(&mut *tx)
+            .await?;
+            Claim::Proceed
+        }
+    };
+    tx.commit().await?;
+    Ok(claim)
+}
+
+#[async_trait]
+impl Idempotency for PgStore {
+    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
+        let (lease, ttl) = (interval(lease), interval(ttl));
+        retrying(|| claim_once(self, key, fingerprint, &lease, &ttl)).await
+    }
+
+    async fn complete(&self, key: &str, fingerprint: &str, r: &StoredResponse) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys
+             SET state = 'done', locked_until = NULL, status = $3, content_type = $4, location = $5, body = $6
+             WHERE key = $1 AND fingerprint = $2",
+        )
+        .bind(key)
+        .bind(fingerprint)
+        .bind(i32::from(r.status))
+        .bind(&r.content_type)
+        .bind(&r.location)
+        .bind(&r.body)
+        .execute(self.pool())
+        .await
+        .map_err(crate::error)?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND fingerprint = $2 AND state = 'running'")
+            .bind(key)
+            .bind(fingerprint)
+            .execute(self.pool())
+            .await
+            .map_err(crate::error)?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+            .execute(self.pool())
+            .await
+            .map_err(crate::error)?;
+        Ok(done.rows_affected())
+    }
+}
