@@ -74,6 +74,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// After SIGTERM, how long requests in flight may take before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// How long an `Idempotency-Key` and its response are kept (SPEC §4: 24 hours).
+    pub idempotency_ttl: Duration,
     /// How long a request waits for a PostgreSQL connection before answering 503.
     pub postgres_acquire_timeout: Duration,
 }
@@ -90,6 +92,7 @@ impl Default for Settings {
             postgres_max_connections: 16,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             postgres_acquire_timeout: Duration::from_secs(3),
         }
     }
@@ -109,6 +112,7 @@ pub struct FileSettings {
     pub postgres_acquire_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub idempotency_ttl_secs: Option<u64>,
 }
 
 /// Values from the environment or the command line, which override the file.
@@ -203,6 +207,12 @@ impl Settings {
                 }
                 *target = Duration::from_millis(v);
             }
+        }
+        if let Some(v) = file.idempotency_ttl_secs {
+            if v == 0 || v > 30 * 24 * 3600 {
+                return Err(bad("idempotency_ttl_secs", "must be 1-2592000 (30 days)"));
+            }
+            s.idempotency_ttl = Duration::from_secs(v);
         }
         if !s.listen.ip().is_loopback() {
             return Err(bad(

@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use store::Store;
+use store::Backend;
 use store_postgres::{PgConfig, PgStore};
 use store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
@@ -27,12 +28,12 @@ pub enum StartError {
 }
 
 /// The backend, kept concrete so shutdown can drain it.
-enum Backend {
+enum Opened {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
 }
 
-impl Backend {
+impl Opened {
     async fn open(settings: &Settings) -> Result<Self, StartError> {
         match &settings.store {
             StoreUrl::Sqlite(path) => {
@@ -46,7 +47,7 @@ impl Backend {
         }
     }
 
-    fn port(&self) -> Arc<dyn Store> {
+    fn port(&self) -> Arc<dyn Backend> {
         match self {
             Self::Sqlite(s) => s.clone(),
             Self::Postgres(s) => s.clone(),
@@ -79,20 +80,29 @@ pub fn pg_config(settings: &Settings, url: &str) -> PgConfig {
 /// A bound, ready-to-run service. Tests build it on port 0 and read [`Application::port`].
 pub struct Application {
     listener: TcpListener,
-    grace: std::time::Duration,
-    backend: Backend,
+    grace: Duration,
+    purge: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    backend: Opened,
     router: axum::Router,
 }
 
 impl Application {
     /// Opens the store (migrating it) and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
-        let backend = Backend::open(settings).await?;
-        let router = api::router(AppState { store: backend.port(), request_timeout: settings.request_timeout });
+        let backend = Opened::open(settings).await?;
+        let state = AppState {
+            store: backend.port(),
+            request_timeout: settings.request_timeout,
+            // A claim outlives the longest request, so a running request is never taken over.
+            idempotency_lease: settings.request_timeout + Duration::from_secs(5),
+            idempotency_ttl: settings.idempotency_ttl,
+        };
+        let purge = purge_expired_keys(state.store.clone(), settings.idempotency_ttl);
+        let router = api::router(state);
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, backend, router, grace: settings.shutdown_grace })
+        Ok(Self { listener, backend, router, grace: settings.shutdown_grace, purge })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,7 +116,8 @@ impl Application {
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, backend, router, grace } = self;
+        let Self { listener, backend, router, grace, purge } = self;
+        let purger = tokio::spawn(purge);
         tracing::info!(address = %listener.local_addr()?, "listening");
         let (stopping, mut stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -131,9 +142,26 @@ impl Application {
                 Ok(())
             }
         };
+        purger.abort();
         backend.shutdown().await;
         served
     }
+}
+
+/// Deletes expired idempotency keys now and then (every tenth of their lifetime, at most every 10 minutes).
+fn purge_expired_keys(store: Arc<dyn Backend>, ttl: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    Box::pin(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match store.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired idempotency keys deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge expired idempotency keys"),
+            }
+        }
+    })
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -79,6 +79,12 @@ pub enum ApiError {
     /// 409 `INVALID_TRANSITION`: a status change the lifecycle forbids.
     #[error("invalid transition")]
     InvalidTransition(String),
+    /// 409 `IDEMPOTENCY_KEY_IN_USE`: a request with this `Idempotency-Key` is still running. Sets `Retry-After`.
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
+    /// 422 `IDEMPOTENCY_KEY_REUSED`: this `Idempotency-Key` was used for a different request.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     /// 503 `BACKEND_UNAVAILABLE`: the store is down or overloaded; nothing was changed. Sets `Retry-After`.
     #[error("backend unavailable")]
     Unavailable { retry_after: Duration },
@@ -102,6 +108,10 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed"),
             Self::InvalidTransition(_) => (StatusCode::CONFLICT, "INVALID_TRANSITION", "Invalid transition"),
+            Self::IdempotencyKeyInUse => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_USE", "Idempotency key in use"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", "Idempotency key reused")
+            }
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE", "Backend unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error"),
         }
@@ -123,6 +133,12 @@ impl ApiError {
             Self::NoRoute => "There is nothing at this path; the API is described at /docs.".into(),
             Self::MethodNotAllowed => "This path does not accept that method.".into(),
             Self::InvalidTransition(why) => why.clone(),
+            Self::IdempotencyKeyInUse => {
+                "A request with this Idempotency-Key is still being processed; retry shortly.".into()
+            }
+            Self::IdempotencyKeyReused => {
+                "This Idempotency-Key was already used for a different request (method, path or body).".into()
+            }
             Self::Unavailable { .. } => "The CRM backend is unavailable; nothing was changed. Retry later.".into(),
             Self::Internal => "An internal error occurred; it has been logged under this request id.".into(),
         }
@@ -172,8 +188,14 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Self::Unavailable { retry_after } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        match self {
+            Self::Unavailable { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            Self::IdempotencyKeyInUse => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            _ => {}
         }
         response
     }

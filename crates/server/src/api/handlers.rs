@@ -13,6 +13,17 @@ use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
 use super::{request_id, AppState, API_INT};
 
+/// The `Idempotency-Key` request header every POST accepts (SPEC §4).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyHeader {
+    /// 1–255 printable ASCII characters. A repeat within the retention time (24 h by default) with the same
+    /// method, path and body answers the first response again with `Idempotent-Replayed: true`.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
 fn context(channel: lifecycle::Channel, reason: Option<lifecycle::Reason>) -> RequestContext {
     RequestContext { request_id: request_id::current().unwrap_or_default(), channel, reason }
 }
@@ -28,13 +39,15 @@ fn what(record_type: RecordType) -> &'static str {
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", tag = "lifecycle",
     request_body = CreateRequestDto,
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "CREATED or REPLACED", body = CreateResponse, headers(("Location" = String, description = "The new record"))),
         (status = 200, description = "EXISTING: an open record of the same RM", body = CreateResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule; `errors` names every field", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "IDEMPOTENCY_KEY_IN_USE: the same key is still being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED (`errors` names every field) or IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
@@ -56,11 +69,12 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> 
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", tag = "lifecycle",
     request_body = CloseWonRequestDto,
+    params(IdempotencyKeyHeader),
     responses(
         (status = 200, description = "Close Won (or already was: same body as the first time)", body = CloseWonResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Lost", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Lost; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
@@ -86,11 +100,12 @@ pub async fn close_won(
 #[utoipa::path(
     post, path = "/integration-service/api/crm/v1/update-opportunity-status", tag = "lifecycle",
     request_body = CloseLostOpportunityRequestDto,
+    params(IdempotencyKeyHeader),
     responses(
         (status = 200, description = "Close Lost (or already was)", body = CloseLostOpportunityResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Won", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
@@ -116,11 +131,12 @@ pub async fn close_lost_opportunity(
 #[utoipa::path(
     post, path = "/integration-service/api/crm/v1/update-lead-status", tag = "lifecycle",
     request_body = CloseLostLeadRequestDto,
+    params(IdempotencyKeyHeader),
     responses(
         (status = 200, description = "Close Lost (or already was)", body = CloseLostLeadResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Won", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
@@ -186,12 +202,14 @@ pub async fn get_opportunity(
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/search", tag = "reading",
     request_body = SearchRequestDto,
+    params(IdempotencyKeyHeader),
     responses(
         (status = 200, description = "Matching records", body = SearchResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED or IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod fields;
 pub mod handlers;
+pub mod idempotency;
 pub mod request_id;
 
 use std::any::Any;
@@ -18,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use store::Store;
+use store::Backend;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -33,9 +34,13 @@ pub const API_PUBLIC: &str = "/integration-service/api/crm/v1";
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Backend>,
     /// Longest a request may take, body included.
     pub request_timeout: Duration,
+    /// How long a running idempotency claim is held before a retry may take it over.
+    pub idempotency_lease: Duration,
+    /// How long an idempotency key and its response are kept.
+    pub idempotency_ttl: Duration,
 }
 
 /// Bounds every request, body reading included, so a stalled client cannot hold a connection (or a
@@ -87,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/search"), post(handlers::search))
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .with_state(state.clone());
     let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
     Router::new()

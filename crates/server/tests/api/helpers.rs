@@ -151,6 +151,24 @@ impl TestApp {
         body
     }
 
+    /// A second replica: another server on the same database.
+    pub async fn replica(&self) -> TestApp {
+        start(self.settings.clone(), Guard::Gone).await
+    }
+
+    /// The PostgreSQL URL of this app's database, if it runs on PostgreSQL.
+    pub fn postgres_url(&self) -> Option<String> {
+        match &self.settings.store {
+            StoreUrl::Postgres(url) => Some(url.clone()),
+            _ => None,
+        }
+    }
+
+    /// POST with an `Idempotency-Key`.
+    pub async fn post_key(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client.post(format!("{}{path}", self.base)).header("idempotency-key", key).json(body).send().await.unwrap()
+    }
+
     /// Stops the server and starts a new one on the same database.
     pub async fn restart(mut self) -> TestApp {
         let guard = std::mem::replace(&mut self.guard, Guard::Gone);

@@ -9,5 +9,6 @@ mod concurrency;
 mod create;
 mod errors;
 mod hostile;
+mod idempotency;
 mod operations;
 mod reading;

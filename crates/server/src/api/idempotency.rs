@@ -1,0 +1,207 @@
+//! `Idempotency-Key` on every POST (SPEC §4; the IETF httpapi Idempotency-Key draft).
+//!
+//! The same key with the same method, path and body (compared after canonicalising the JSON, so key order
+//! and whitespace do not matter; the body carries the channel) replays the first response byte for byte
+//! with `Idempotent-Replayed: true` and changes nothing. The same key with another request is 422
+//! `IDEMPOTENCY_KEY_REUSED`; a repeat while the first still runs is 409 `IDEMPOTENCY_KEY_IN_USE`. Keys live
+//! in the store, so this holds across restarts and replicas, and expire after the configured time.
+//!
+//! Responses of 5xx, 408 and 429 are not kept: they say nothing happened (or nothing is known), so a
+//! retry with the same key runs the request again.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use store::{Backend, Claim, StoredResponse};
+
+use super::error::ApiError;
+use super::extract::BODY_LIMIT;
+use super::AppState;
+
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// 1–255 printable ASCII characters.
+fn valid(key: &HeaderValue) -> Option<&str> {
+    let bytes = key.as_bytes();
+    ((1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x20..=0x7e).contains(b))).then(|| key.to_str().ok())?
+}
+
+/// JSON with object keys sorted at every level, so equal documents hash equally.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// What makes two requests "the same": method, path and (canonical) body.
+pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str());
+    hash.update(b"\n");
+    hash.update(path);
+    hash.update(b"\n");
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let mut text = String::with_capacity(body.len());
+            canonical(&v, &mut text);
+            hash.update(text);
+        }
+        Err(_) => hash.update(body),
+    }
+    format!("{:x}", hash.finalize())
+}
+
+fn keep(status: StatusCode) -> bool {
+    !(status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+fn replay(r: StoredResponse) -> Response {
+    let mut response = Response::new(Body::from(r.body));
+    *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Some(ct) = r.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(location) = r.location.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    response
+}
+
+/// Releases a claim whose request never finished (the client went away, or the request timed out), so a
+/// retry need not wait for the lease to run out.
+struct Claimed {
+    store: Arc<dyn Backend>,
+    key: String,
+    fingerprint: String,
+    settled: bool,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (store, key, fp) =
+            (self.store.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.fingerprint));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&key, &fp).await {
+                    tracing::warn!(error = %e, "idempotency: cannot release an abandoned claim; its lease will expire");
+                }
+            });
+        }
+    }
+}
+
+/// Middleware on the API routes.
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(raw) = request.headers().get(&IDEMPOTENCY_KEY) else {
+        return next.run(request).await;
+    };
+    let Some(key) = valid(raw).map(str::to_owned) else {
+        return ApiError::field("Idempotency-Key", "must be 1-255 printable ASCII characters").into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    let bytes = match to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+    };
+    let fp = fingerprint(&parts.method, parts.uri.path(), &bytes);
+    match state.store.claim(&key, &fp, state.idempotency_lease, state.idempotency_ttl).await {
+        Err(e) => ApiError::from_store(e, "record").into_response(),
+        Ok(Claim::Mismatch) => ApiError::IdempotencyKeyReused.into_response(),
+        Ok(Claim::InUse) => ApiError::IdempotencyKeyInUse.into_response(),
+        Ok(Claim::Replay(stored)) => replay(stored),
+        Ok(Claim::Proceed) => {
+            let mut claim = Claimed { store: state.store.clone(), key, fingerprint: fp, settled: false };
+            let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+            let (parts, body) = response.into_parts();
+            let Ok(body) = to_bytes(body, usize::MAX).await else {
+                return ApiError::Internal.into_response(); // the claim is released on drop
+            };
+            let outcome = if keep(parts.status) {
+                let stored = StoredResponse {
+                    status: parts.status.as_u16(),
+                    content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(Into::into),
+                    location: parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(Into::into),
+                    body: body.to_vec(),
+                };
+                state.store.complete(&claim.key, &claim.fingerprint, &stored).await
+            } else {
+                state.store.release(&claim.key, &claim.fingerprint).await
+            };
+            match outcome {
+                Ok(()) => claim.settled = true,
+                // The operation itself stands. The claim stays running until its lease ends; a retry then
+                // runs the operation again, which answers as the first time did.
+                Err(e) => tracing::warn!(error = %e, "idempotency: cannot record the response"),
+            }
+            Response::from_parts(parts, Body::from(body))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_json_has_equal_fingerprints() {
+        let a = fingerprint(&Method::POST, "/p", br#"{"b": 1, "a": {"y": [1, 2], "x": null}}"#);
+        let b = fingerprint(&Method::POST, "/p", br#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
+        assert_eq!(a, b);
+        assert_ne!(a, fingerprint(&Method::POST, "/q", br#"{"a":{"x":null,"y":[1,2]},"b":1}"#));
+        assert_ne!(a, fingerprint(&Method::POST, "/p", br#"{"a":{"x":null,"y":[2,1]},"b":1}"#));
+        assert_ne!(fingerprint(&Method::POST, "/p", b"not json"), fingerprint(&Method::POST, "/p", b"not  json"));
+    }
+
+    #[test]
+    fn key_rules() {
+        assert!(valid(&HeaderValue::from_static("abc-123 ~!")).is_some());
+        assert!(valid(&HeaderValue::from_static("")).is_none());
+        assert!(valid(&HeaderValue::from_str(&"k".repeat(256)).unwrap()).is_none());
+        assert!(valid(&HeaderValue::from_str(&"k".repeat(255)).unwrap()).is_some());
+        assert!(valid(&HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()).is_none());
+        assert!(valid(&HeaderValue::from_bytes(b"tab\there").unwrap()).is_none());
+    }
+}

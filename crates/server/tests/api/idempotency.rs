@@ -1,0 +1,159 @@
+//! `Idempotency-Key` (SPEC §4) through HTTP, on both backends, across restarts and replicas.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::Response;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+async fn parts(r: Response) -> (u16, Option<String>, Option<String>, String) {
+    let status = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
+    let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    (status, replayed, location, r.text().await.unwrap())
+}
+
+both_backends! {
+    async fn a_repeat_replays_the_first_response_and_changes_nothing(app: TestApp) {
+        let body = ntb("I1", "CARD", "RM001");
+        let (s1, r1, l1, b1) = parts(app.post_key(CREATE, "key-1", &body).await).await;
+        assert_eq!((s1, r1.as_deref()), (201, None));
+        // The same document with other key order and spacing is the same request.
+        let reordered = serde_json::to_string_pretty(&json!({
+            "journeyId": body["journeyId"], "channel": body["channel"], "ownerId": body["ownerId"],
+            "product": body["product"], "customer": body["customer"], "customerType": body["customerType"]
+        })).unwrap();
+        let r = app.client.post(format!("{}{CREATE}", app.base)).header("idempotency-key", "key-1")
+            .header("content-type", "application/json").body(reordered).send().await.unwrap();
+        let (s2, r2, l2, b2) = parts(r).await;
+        assert_eq!((s2, r2.as_deref(), &l2, &b2), (201, Some("true"), &l1, &b1), "byte for byte");
+        assert_eq!(app.search("I1").await["leads"].as_array().unwrap().len(), 1);
+        // Without the key the same request is simply EXISTING: the replay above was not a re-run.
+        let (s3, _) = app.create(&body).await;
+        assert_eq!(s3, 200);
+
+        // Errors are answers too: a 404 is replayed as well.
+        let lost = json!({"leadId": "missing", "status": "Close Lost", "channel": "C"});
+        let (s, _, _, first) = parts(app.post_key(LOST_LEAD, "key-404", &lost).await).await;
+        assert_eq!(s, 404);
+        let (s, replayed, _, again) = parts(app.post_key(LOST_LEAD, "key-404", &lost).await).await;
+        assert_eq!((s, replayed.as_deref(), again), (404, Some("true"), first));
+    }
+
+    async fn a_key_reused_for_another_request_is_422(app: TestApp) {
+        let body = ntb("I2", "CARD", "RM001");
+        assert_eq!(app.post_key(CREATE, "key-2", &body).await.status(), 201);
+        let other = ntb("I2", "CARD", "RM002");
+        let p = problem(app.post_key(CREATE, "key-2", &other).await, 422, "IDEMPOTENCY_KEY_REUSED").await;
+        assert!(p["detail"].as_str().unwrap().contains("different request"));
+        // Same body on another path is another request too.
+        problem(app.post_key(SEARCH, "key-2", &body).await, 422, "IDEMPOTENCY_KEY_REUSED").await;
+        // Nothing changed: RM001's lead is still the open one.
+        let leads = app.search("I2").await["leads"].clone();
+        assert_eq!(leads.as_array().unwrap().len(), 1);
+        assert_eq!(leads[0]["ownerId"], "RM001");
+    }
+
+    async fn replays_survive_a_restart(app: TestApp) {
+        let body = etb("I3", "LOAN", "RM001");
+        let (s, _, _, first) = parts(app.post_key(CREATE, "key-3", &body).await).await;
+        assert_eq!(s, 201);
+        let app = app.restart().await;
+        let (s, replayed, _, again) = parts(app.post_key(CREATE, "key-3", &body).await).await;
+        assert_eq!((s, replayed.as_deref(), again), (201, Some("true"), first));
+        app.stop().await;
+    }
+
+    async fn bad_keys_are_refused(app: TestApp) {
+        let body = ntb("I4", "CARD", "RM001");
+        for key in ["", &"k".repeat(256)] {
+            let p = problem(app.post_key(CREATE, key, &body).await, 422, "VALIDATION_FAILED").await;
+            assert_eq!(fields(&p), ["Idempotency-Key"]);
+        }
+        let r = app.client.post(format!("{}{CREATE}", app.base))
+            .header("idempotency-key", reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .json(&body).send().await.unwrap();
+        problem(r, 422, "VALIDATION_FAILED").await;
+        assert_eq!(app.search("I4").await["leads"], json!([]), "nothing was created");
+        assert_eq!(app.post_key(CREATE, &"k".repeat(255), &body).await.status(), 201);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_expire_after_the_configured_time() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_with(backend, |s| s.idempotency_ttl = Duration::from_secs(1)).await;
+        assert_eq!(app.post_key(CREATE, "key-5", &ntb("I5", "CARD", "RM001")).await.status(), 201);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Expired: the key is free, so a different request with it runs.
+        let (s, replayed, _, body) = parts(app.post_key(CREATE, "key-5", &ntb("I5", "CARD", "RM002")).await).await;
+        assert_eq!((s, replayed), (201, None), "{backend:?}: {body}");
+        assert!(body.contains("REPLACED"));
+    }
+}
+
+/// Holds the per-key lock of `key` on PostgreSQL so a create for it waits, as a slow request would.
+async fn hold_key(url: &str, key: &str) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(key).execute(&mut conn).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeat_while_the_first_runs_is_409_in_use() {
+    let app = spawn(Backend::Postgres).await;
+    let url = app.postgres_url().unwrap();
+    let lock = hold_key(&url, "IU1/CARD").await;
+    let body = ntb("IU1", "CARD", "RM001");
+    let first = {
+        let (client, base, body) = (app.client.clone(), app.base.clone(), body.clone());
+        tokio::spawn(async move {
+            client.post(format!("{base}{CREATE}")).header("idempotency-key", "key-iu").json(&body).send().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = app.post_key(CREATE, "key-iu", &body).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    problem(r, 409, "IDEMPOTENCY_KEY_IN_USE").await;
+    lock.close().await.unwrap();
+    let (s, replayed, _, first_body) = parts(first.await.unwrap()).await;
+    assert_eq!((s, replayed), (201, None));
+    let (s, replayed, _, again) = parts(app.post_key(CREATE, "key-iu", &body).await).await;
+    assert_eq!((s, replayed.as_deref(), again), (201, Some("true"), first_body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_on_one_key_run_it_once() {
+    let a = spawn(Backend::Postgres).await;
+    let b = a.replica().await;
+    let body = ntb("IR1", "CARD", "RM001");
+    let calls = (0..30).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.post_key(CREATE, "key-race", &body)
+    });
+    let answers = join_all(calls).await;
+    let mut ran = 0;
+    let mut bodies = Vec::new();
+    for r in answers {
+        let (s, replayed, _, text) = parts(r).await;
+        match (s, replayed.as_deref()) {
+            (201, None) => ran += 1,
+            (201, Some("true")) => bodies.push(text),
+            (409, None) => assert!(text.contains("IDEMPOTENCY_KEY_IN_USE"), "{text}"),
+            other => panic!("unexpected answer {other:?}: {text}"),
+        }
+    }
+    assert_eq!(ran, 1, "exactly one replica ran the request");
+    assert_eq!(a.search("IR1").await["leads"].as_array().unwrap().len(), 1);
+    // Whoever asks afterwards, on either replica, gets the one response.
+    let (_, _, _, from_a) = parts(a.post_key(CREATE, "key-race", &body).await).await;
+    let (_, replayed, _, from_b) = parts(b.post_key(CREATE, "key-race", &body).await).await;
+    assert_eq!((from_a.clone(), replayed.as_deref()), (from_b, Some("true")));
+    let v: Value = serde_json::from_str(&from_a).unwrap();
+    assert_eq!(v["result"], "CREATED");
+    assert!(bodies.iter().all(|b| *b == from_a));
+}
