@@ -12,3 +12,4 @@ mod hostile;
 mod idempotency;
 mod operations;
 mod reading;
+mod replicas;

@@ -1,0 +1,40 @@
+//! A smaller run of `replica-check`: two service processes on one PostgreSQL database, hundreds of
+//! competing requests, then the database checked. And the check itself fails on a broken database.
+
+use std::process::Command;
+
+const CHECK: &str = env!("CARGO_BIN_EXE_replica-check");
+const SERVICE: &str = env!("CARGO_BIN_EXE_integration-service");
+
+fn run(extra: &[&str]) -> (i32, String) {
+    let out = Command::new(CHECK)
+        .args(["--service-bin", SERVICE, "--requests", "600", "--keys", "4", "--owners", "3", "--concurrency", "32"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn two_replicas_keep_the_invariant() {
+    let (code, out) = run(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("violations: 0"), "{out}");
+    assert!(out.contains("replicas: 2"), "{out}");
+    assert!(out.contains("replicas stopped with exit 0: true"), "{out}");
+    let created: usize = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("acknowledged creates: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(created > 100, "{out}");
+    assert!(out.contains("records closed by REPLACED answers"), "competing owners replaced records: {out}");
+}
+
+#[test]
+fn the_check_fails_when_the_invariant_is_broken() {
+    let (code, out) = run(&["--sabotage"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("VIOLATION") && out.contains("open LEAD records for key RC0000/CARD"), "{out}");
+}
