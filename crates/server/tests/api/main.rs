@@ -8,6 +8,7 @@ mod close_won;
 mod concurrency;
 mod create;
 mod errors;
+mod faults;
 mod hostile;
 mod idempotency;
 mod operations;
