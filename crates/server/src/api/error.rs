@@ -158,15 +158,28 @@ impl ApiError {
             }
             StoreError::UnknownOwner => Self::field("ownerId", "is not a relationship manager the CRM knows"),
             StoreError::Unavailable { retry_after, source } => {
-                tracing::warn!(error = %source, "store unavailable");
+                tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable { retry_after }
             }
             StoreError::Internal(source) => {
-                tracing::error!(error = %source, cause = ?source, "store failure");
+                // Display only: a database error's Debug can carry row values (personal data).
+                tracing::error!(error = %error_chain(&*source), "store failure");
                 Self::Internal
             }
         }
     }
+}
+
+/// An error and its causes, each by its `Display`, joined with `: `.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl IntoResponse for ApiError {
