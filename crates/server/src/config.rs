@@ -9,6 +9,8 @@ use std::time::Duration;
 use lifecycle::Matching;
 use serde::Deserialize;
 
+use crate::api::auth::{ApiKey, ApiKeys};
+
 /// Where records live, from `--store` / `CRM_STORE` / `store =`. `Debug` hides a PostgreSQL password.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
@@ -76,6 +78,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long an `Idempotency-Key` and its response are kept (SPEC §4: 24 hours).
     pub idempotency_ttl: Duration,
+    /// The channels' API keys (hashes only). Empty: the service runs open, on loopback only.
+    pub api_keys: ApiKeys,
     /// How long a request waits for a PostgreSQL connection before answering 503.
     pub postgres_acquire_timeout: Duration,
 }
@@ -93,6 +97,7 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            api_keys: ApiKeys::default(),
             postgres_acquire_timeout: Duration::from_secs(3),
         }
     }
@@ -113,6 +118,15 @@ pub struct FileSettings {
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub idempotency_ttl_secs: Option<u64>,
+    pub api_keys: Option<Vec<FileApiKey>>,
+}
+
+/// One `[[api_keys]]` entry of the file: a channel and the SHA-256 (hex) of its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApiKey {
+    pub channel: String,
+    pub sha256: String,
 }
 
 /// Values from the environment or the command line, which override the file.
@@ -127,6 +141,9 @@ pub struct Overrides {
     /// TOML file with further settings (listen, store, matching, log_format, log_filter, sqlite_max_batch)
     #[arg(long, env = "CRM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// API keys as CHANNEL:SHA256 entries separated by commas (see `generate-key`); replaces the file's
+    #[arg(long, env = "CRM_API_KEYS", value_name = "CHANNEL:SHA256,…")]
+    pub api_keys: Option<String>,
     /// Log line format: json or compact [default: json]
     #[arg(long, env = "CRM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -214,7 +231,15 @@ impl Settings {
             }
             s.idempotency_ttl = Duration::from_secs(v);
         }
-        if !s.listen.ip().is_loopback() {
+        if let Some(v) = &overrides.api_keys {
+            let entries = v.split(',').filter(|e| !e.trim().is_empty());
+            let keys = entries.map(ApiKey::parse_entry).collect::<Result<Vec<_>, _>>();
+            s.api_keys = ApiKeys(keys.map_err(|e| bad("api keys (--api-keys, CRM_API_KEYS)", e))?);
+        } else if let Some(entries) = file.api_keys {
+            let keys = entries.iter().map(|e| ApiKey::new(&e.channel, &e.sha256)).collect::<Result<Vec<_>, _>>();
+            s.api_keys = ApiKeys(keys.map_err(|e| bad("api_keys", e))?);
+        }
+        if s.api_keys.is_empty() && !s.listen.ip().is_loopback() {
             return Err(bad(
                 "listen (--listen, CRM_LISTEN)",
                 format!(

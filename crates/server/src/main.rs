@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use integration_service::api::auth::ApiKey;
 use integration_service::config::{Overrides, Settings, StoreUrl};
 use integration_service::startup::{pg_config, shutdown_signal, Application};
 use integration_service::telemetry;
@@ -20,6 +21,12 @@ enum Command {
     Serve(Overrides),
     /// Apply pending migrations to the store and exit.
     Migrate(Overrides),
+    /// Make a new API key for a channel: prints the key (once) and the configuration line to add.
+    GenerateKey {
+        /// The channel the key belongs to, e.g. MOBILE_APP
+        #[arg(long)]
+        channel: String,
+    },
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -29,7 +36,10 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve(overrides) | Command::Migrate(overrides)) = &cli.command;
+    let overrides = match &cli.command {
+        Command::Serve(o) | Command::Migrate(o) => o,
+        Command::GenerateKey { channel } => return generate_key(channel),
+    };
     let settings = match Settings::load(overrides) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -37,7 +47,27 @@ fn main() -> ExitCode {
     telemetry::init(settings.log_format, &settings.log_filter);
     match cli.command {
         Command::Migrate(_) => migrate(&settings),
-        Command::Serve(_) => serve(&settings),
+        _ => serve(&settings),
+    }
+}
+
+fn generate_key(channel: &str) -> ExitCode {
+    let channel = match lifecycle::Channel::parse(channel) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("invalid --channel {channel:?}: {e}")),
+    };
+    match ApiKey::generate(&channel) {
+        Ok((key, entry)) => {
+            println!("API key for {channel} (shown only now; give it to the channel, keep it in a secret store):");
+            println!("{key}");
+            println!();
+            println!("Configure the service with its hash, in the environment:");
+            println!("CRM_API_KEYS={channel}:{}", entry.sha256_hex());
+            println!("or in the --config file:");
+            println!("[[api_keys]]\nchannel = \"{channel}\"\nsha256 = \"{}\"", entry.sha256_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

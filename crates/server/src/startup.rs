@@ -96,6 +96,7 @@ impl Application {
             // A claim outlives the longest request, so a running request is never taken over.
             idempotency_lease: settings.request_timeout + Duration::from_secs(5),
             idempotency_ttl: settings.idempotency_ttl,
+            api_keys: Arc::new(settings.api_keys.clone()),
         };
         let purge = purge_expired_keys(state.store.clone(), settings.idempotency_ttl);
         let router = api::router(state);

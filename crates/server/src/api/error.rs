@@ -67,6 +67,12 @@ pub enum ApiError {
     /// 422 `VALIDATION_FAILED`: well-formed JSON that breaks a rule; lists every offending field.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// 401 `UNAUTHENTICATED`: no API key, or one the service does not know. Sets `WWW-Authenticate`.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// 403 `FORBIDDEN`: the API key belongs to another channel than the body's `channel`.
+    #[error("forbidden")]
+    Forbidden,
     /// 404 `NOT_FOUND`: unknown record or path.
     #[error("not found")]
     NotFound(&'static str),
@@ -105,6 +111,8 @@ impl ApiError {
             }
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Payload too large"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED", "Validation failed"),
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "Unauthenticated"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN", "Forbidden"),
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed"),
             Self::InvalidTransition(_) => (StatusCode::CONFLICT, "INVALID_TRANSITION", "Invalid transition"),
@@ -130,6 +138,8 @@ impl ApiError {
                 format!("{} field(s) break the contract; see errors.", errors.len())
             }
             Self::NotFound(what) => format!("No {what} has that id."),
+            Self::Unauthenticated => "Send the channel's API key as Authorization: Bearer <key>.".into(),
+            Self::Forbidden => "This API key belongs to another channel than the request's channel.".into(),
             Self::NoRoute => "There is nothing at this path; the API is described at /docs.".into(),
             Self::MethodNotAllowed => "This path does not accept that method.".into(),
             Self::InvalidTransition(why) => why.clone(),
@@ -207,6 +217,9 @@ impl IntoResponse for ApiError {
             }
             Self::IdempotencyKeyInUse => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            Self::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

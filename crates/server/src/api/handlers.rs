@@ -8,6 +8,7 @@ use axum::Json;
 use lifecycle::RecordType;
 use store::RequestContext;
 
+use super::auth::Caller;
 use super::dto::*;
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
@@ -40,7 +41,10 @@ fn what(record_type: RecordType) -> &'static str {
     post, path = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", tag = "lifecycle",
     request_body = CreateRequestDto,
     params(IdempotencyKeyHeader),
+    security(("bearer" = [])),
     responses(
+        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 201, description = "CREATED or REPLACED", body = CreateResponse, headers(("Location" = String, description = "The new record"))),
         (status = 200, description = "EXISTING: an open record of the same RM", body = CreateResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
@@ -52,8 +56,13 @@ fn what(record_type: RecordType) -> &'static str {
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let request = parse_create(&body)?;
+    caller.check(&request.channel)?;
     let ctx = context(request.channel.clone(), None);
     let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
     let response = CreateResponse::from(outcome);
@@ -70,7 +79,10 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> 
     post, path = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", tag = "lifecycle",
     request_body = CloseWonRequestDto,
     params(IdempotencyKeyHeader),
+    security(("bearer" = [])),
     responses(
+        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Won (or already was: same body as the first time)", body = CloseWonResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
@@ -84,9 +96,11 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody) -> 
 )]
 pub async fn close_won(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<CloseWonResponse>, ApiError> {
     let cmd = parse_close_won(&body)?;
+    caller.check(&cmd.channel)?;
     let ctx = context(cmd.channel, cmd.reason);
     let outcome = state
         .store
@@ -101,7 +115,10 @@ pub async fn close_won(
     post, path = "/integration-service/api/crm/v1/update-opportunity-status", tag = "lifecycle",
     request_body = CloseLostOpportunityRequestDto,
     params(IdempotencyKeyHeader),
+    security(("bearer" = [])),
     responses(
+        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Lost (or already was)", body = CloseLostOpportunityResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
@@ -115,9 +132,11 @@ pub async fn close_won(
 )]
 pub async fn close_lost_opportunity(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<CloseLostOpportunityResponse>, ApiError> {
     let cmd = parse_close_lost(&body, "opportunityId")?;
+    caller.check(&cmd.channel)?;
     let ctx = context(cmd.channel, cmd.reason);
     let r = state
         .store
@@ -132,7 +151,10 @@ pub async fn close_lost_opportunity(
     post, path = "/integration-service/api/crm/v1/update-lead-status", tag = "lifecycle",
     request_body = CloseLostLeadRequestDto,
     params(IdempotencyKeyHeader),
+    security(("bearer" = [])),
     responses(
+        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Lost (or already was)", body = CloseLostLeadResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
@@ -146,9 +168,11 @@ pub async fn close_lost_opportunity(
 )]
 pub async fn close_lost_lead(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<CloseLostLeadResponse>, ApiError> {
     let cmd = parse_close_lost(&body, "leadId")?;
+    caller.check(&cmd.channel)?;
     let ctx = context(cmd.channel, cmd.reason);
     let r =
         state.store.close_lost(RecordType::Lead, &cmd.id, &ctx).await.map_err(|e| ApiError::from_store(e, "lead"))?;
@@ -164,7 +188,9 @@ async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Resu
 #[utoipa::path(
     get, path = "/integration-service/int/api/crm/v1/leads/{id}", tag = "reading",
     params(("id" = String, Path, description = "The lead's id")),
+    security(("bearer" = [])),
     responses(
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "The lead", body = RecordDto),
         (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
@@ -183,7 +209,9 @@ pub async fn get_lead(
 #[utoipa::path(
     get, path = "/integration-service/int/api/crm/v1/opportunities/{id}", tag = "reading",
     params(("id" = String, Path, description = "The opportunity's id")),
+    security(("bearer" = [])),
     responses(
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "The opportunity", body = RecordDto),
         (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
@@ -203,7 +231,9 @@ pub async fn get_opportunity(
     post, path = "/integration-service/int/api/crm/v1/search", tag = "reading",
     request_body = SearchRequestDto,
     params(IdempotencyKeyHeader),
+    security(("bearer" = [])),
     responses(
+        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Matching records", body = SearchResponse),
         (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),

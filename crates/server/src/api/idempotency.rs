@@ -20,6 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::{Backend, Claim, StoredResponse};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::BODY_LIMIT;
 use super::AppState;
@@ -136,6 +137,11 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     };
     let Some(key) = valid(raw).map(str::to_owned) else {
         return ApiError::field("Idempotency-Key", "must be 1-255 printable ASCII characters").into_response();
+    };
+    // Keys are the caller's own: with API keys, one channel's key never collides with another's.
+    let key = match request.extensions().get::<Caller>().and_then(|c| c.0.as_ref()) {
+        Some(channel) => format!("{}\u{1f}{key}", channel.as_str()),
+        None => key,
     };
     let (parts, body) = request.into_parts();
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

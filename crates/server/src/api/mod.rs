@@ -1,6 +1,7 @@
 //! The HTTP layer: routes at the exact paths of SPEC §2–3 (two with `/int/`, two without), the middleware
 //! stack, and the OpenAPI 3.1 document generated from the handlers' annotations.
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub idempotency_lease: Duration,
     /// How long an idempotency key and its response are kept.
     pub idempotency_ttl: Duration,
+    /// The channels' API keys; empty when the service runs open.
+    pub api_keys: Arc<auth::ApiKeys>,
 }
 
 /// Bounds every request, body reading included, so a stalled client cannot hold a connection (or a
@@ -66,6 +69,7 @@ async fn timeout(State(state): State<AppState>, request: Request, next: Next) ->
         handlers::create, handlers::close_won, handlers::close_lost_opportunity, handlers::close_lost_lead,
         handlers::get_lead, handlers::get_opportunity, handlers::search, handlers::live, handlers::ready,
     ),
+    modifiers(&BearerScheme),
     tags(
         (name = "lifecycle", description = "The four operations channels call"),
         (name = "reading", description = "Records and their history"),
@@ -73,6 +77,21 @@ async fn timeout(State(state): State<AppState>, request: Request, next: Next) ->
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme: the channel's API key (SPEC §4).
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("The channel's API key (integration-service generate-key)"))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
@@ -90,13 +109,17 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/leads/{{id}}"), get(handlers::get_lead))
         .route(&format!("{API_INT}/opportunities/{{id}}"), get(handlers::get_opportunity))
         .route(&format!("{API_INT}/search"), post(handlers::search))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        .with_state(state.clone());
+    let operations = Router::new()
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .with_state(state.clone());
     let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
     Router::new()
         .merge(api)
+        .merge(operations)
         .merge(docs)
         .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))
         .fallback(handlers::not_found)

@@ -44,7 +44,13 @@ pub async fn layer(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        channel = tracing::field::Empty
+    );
     let started = Instant::now();
     let header = HeaderValue::from_str(&id).ok();
     let mut response = REQUEST_ID.scope(id, next.run(request).instrument(span.clone())).await;

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod close_lost;
 mod close_won;
 mod concurrency;

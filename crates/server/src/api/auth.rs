@@ -1,0 +1,171 @@
+//! API keys per channel (SPEC §4).
+//!
+//! A channel sends `Authorization: Bearer <key>`. The service holds only the SHA-256 of each key (keys are
+//! 256 random bits, so a fast hash is enough: there is nothing to brute-force) and compares hashes in
+//! constant time. A key belongs to one channel; the body's `channel` must be that channel (checked in the
+//! handlers, which own the body). Missing or unknown key: 401 `UNAUTHENTICATED`; wrong channel: 403
+//! `FORBIDDEN`. With no keys configured the service runs open, and the settings allow that only on a
+//! loopback address.
+
+use std::fmt;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use lifecycle::Channel;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// One configured key: the channel it belongs to and the SHA-256 of the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub channel: Channel,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({}, sha256:…)", self.channel)
+    }
+}
+
+fn sha256(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ApiKey {
+    /// `CHANNEL:hex-sha256`, as in `CRM_API_KEYS`.
+    pub fn parse_entry(entry: &str) -> Result<Self, String> {
+        let (channel, hash) = entry.trim().rsplit_once(':').ok_or("must be CHANNEL:SHA256 (64 hex digits)")?;
+        Self::new(channel, hash)
+    }
+
+    pub fn new(channel: &str, sha256_hex: &str) -> Result<Self, String> {
+        let channel = Channel::parse(channel).map_err(|e| format!("channel {channel:?} {e}"))?;
+        let hash = sha256_hex.trim();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "the hash for {channel} must be 64 hex digits (the SHA-256 of the key, never the key)"
+            ));
+        }
+        let mut sha = [0u8; 32];
+        for (i, byte) in sha.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hash[i * 2..i * 2 + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(Self { channel, sha256: sha })
+    }
+
+    /// A new random key for `channel`: the key (to hand to the channel, once) and its configuration entry.
+    pub fn generate(channel: &Channel) -> Result<(String, ApiKey), String> {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
+        let key = format!("crm_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        Ok((key.clone(), ApiKey { channel: channel.clone(), sha256: sha256(&key) }))
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+/// The configured keys.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys(pub Vec<ApiKey>);
+
+impl ApiKeys {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The channel `presented` belongs to. Every configured hash is compared, in constant time.
+    pub fn authenticate(&self, presented: &str) -> Option<&Channel> {
+        let hash = sha256(presented);
+        let mut found = None;
+        for key in &self.0 {
+            if bool::from(key.sha256.ct_eq(&hash)) {
+                found = Some(&key.channel);
+            }
+        }
+        found
+    }
+}
+
+/// Who is calling: the channel its API key belongs to, or `None` when the service runs open.
+#[derive(Debug, Clone, Default)]
+pub struct Caller(pub Option<Channel>);
+
+impl Caller {
+    /// SPEC §4: the body's `channel` must be the key's.
+    pub fn check(&self, channel: &Channel) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(own) if own != channel => Err(ApiError::Forbidden),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or_default())
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Middleware on the API routes.
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let Some(channel) = bearer(&request).and_then(|key| state.api_keys.authenticate(key)).cloned() else {
+        return ApiError::Unauthenticated.into_response();
+    };
+    tracing::Span::current().record("channel", channel.as_str());
+    request.extensions_mut().insert(Caller(Some(channel)));
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_authenticate_their_channel_only() {
+        let mobile = Channel::parse("MOBILE_APP").unwrap();
+        let (key, entry) = ApiKey::generate(&mobile).unwrap();
+        assert!(key.starts_with("crm_") && key.len() > 40);
+        let parsed = ApiKey::parse_entry(&format!("MOBILE_APP:{}", entry.sha256_hex())).unwrap();
+        assert_eq!(parsed, entry);
+        let (other_key, other) = ApiKey::generate(&Channel::parse("LENDING").unwrap()).unwrap();
+        let keys = ApiKeys(vec![entry, other]);
+        assert_eq!(keys.authenticate(&key), Some(&mobile));
+        assert_eq!(keys.authenticate(&other_key).map(Channel::as_str), Some("LENDING"));
+        assert_eq!(keys.authenticate("crm_guess"), None);
+        assert_eq!(keys.authenticate(""), None);
+        assert!(!format!("{keys:?}").contains(&parsed.sha256_hex()), "Debug hides hashes");
+    }
+
+    #[test]
+    fn entries_must_hold_a_hash_not_a_key() {
+        assert!(ApiKey::parse_entry("MOBILE_APP").is_err());
+        assert!(ApiKey::parse_entry("MOBILE_APP:crm_abc").is_err());
+        assert!(ApiKey::parse_entry(&format!(":{}", "a".repeat(64))).is_err());
+        assert!(ApiKey::parse_entry(&format!("M:{}", "g".repeat(64))).is_err());
+        assert!(ApiKey::parse_entry(&format!("M:{}", "A".repeat(64))).is_ok());
+    }
+}
