@@ -3,6 +3,7 @@
 //! Everything is validated here, once; a bad value stops start-up with one line naming the setting.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// The channels' API keys (hashes only). Empty: the service runs open, on loopback only.
     pub api_keys: ApiKeys,
+    /// Requests in flight at most; beyond, 503 `OVERLOADED` at once.
+    pub max_in_flight: usize,
+    /// Per-channel requests per second (and burst), if limited.
+    pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
     /// How long a request waits for a PostgreSQL connection before answering 503.
     pub postgres_acquire_timeout: Duration,
 }
@@ -98,6 +103,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             api_keys: ApiKeys::default(),
+            max_in_flight: 1024,
+            rate_limit: None,
             postgres_acquire_timeout: Duration::from_secs(3),
         }
     }
@@ -119,6 +126,9 @@ pub struct FileSettings {
     pub shutdown_grace_ms: Option<u64>,
     pub idempotency_ttl_secs: Option<u64>,
     pub api_keys: Option<Vec<FileApiKey>>,
+    pub max_in_flight: Option<usize>,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// One `[[api_keys]]` entry of the file: a channel and the SHA-256 (hex) of its key.
@@ -238,6 +248,24 @@ impl Settings {
         } else if let Some(entries) = file.api_keys {
             let keys = entries.iter().map(|e| ApiKey::new(&e.channel, &e.sha256)).collect::<Result<Vec<_>, _>>();
             s.api_keys = ApiKeys(keys.map_err(|e| bad("api_keys", e))?);
+        }
+        if let Some(v) = file.max_in_flight {
+            if v == 0 || v > 1_000_000 {
+                return Err(bad("max_in_flight", "must be 1-1000000"));
+            }
+            s.max_in_flight = v;
+        }
+        match (file.rate_limit_per_second, file.rate_limit_burst) {
+            (None, None) => {}
+            (Some(rate), burst) => {
+                let rate = NonZeroU32::new(rate).ok_or_else(|| bad("rate_limit_per_second", "must be at least 1"))?;
+                let burst = match burst {
+                    Some(b) => NonZeroU32::new(b).ok_or_else(|| bad("rate_limit_burst", "must be at least 1"))?,
+                    None => rate,
+                };
+                s.rate_limit = Some((rate, burst));
+            }
+            (None, Some(_)) => return Err(bad("rate_limit_burst", "needs rate_limit_per_second")),
         }
         if s.api_keys.is_empty() && !s.listen.ip().is_loopback() {
             return Err(bad(

@@ -12,5 +12,6 @@
 
 pub mod api;
 pub mod config;
+pub mod observability;
 pub mod startup;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::{Settings, StoreUrl};
+use crate::observability::{self, Instrumented};
 
 /// Why the application could not start. Each message is one line naming what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +92,16 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let backend = Opened::open(settings).await?;
         let state = AppState {
-            store: backend.port(),
+            store: Arc::new(Instrumented(backend.port())),
             request_timeout: settings.request_timeout,
             // A claim outlives the longest request, so a running request is never taken over.
             idempotency_lease: settings.request_timeout + Duration::from_secs(5),
             idempotency_ttl: settings.idempotency_ttl,
             api_keys: Arc::new(settings.api_keys.clone()),
+            rate_limit: settings.rate_limit.map(|(rate, burst)| api::overload::rate_limiter(rate, burst)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         };
+        observability::handle();
         let purge = purge_expired_keys(state.store.clone(), settings.idempotency_ttl);
         let router = api::router(state);
         let listener = TcpListener::bind(settings.listen)

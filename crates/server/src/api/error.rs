@@ -91,6 +91,12 @@ pub enum ApiError {
     /// 422 `IDEMPOTENCY_KEY_REUSED`: this `Idempotency-Key` was used for a different request.
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    /// 429 `RATE_LIMITED`: the channel sent more requests than its rate allows. Sets `Retry-After`.
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    /// 503 `OVERLOADED`: too many requests in flight; shed at once rather than queued. Sets `Retry-After`.
+    #[error("overloaded")]
+    Overloaded,
     /// 503 `BACKEND_UNAVAILABLE`: the store is down or overloaded; nothing was changed. Sets `Retry-After`.
     #[error("backend unavailable")]
     Unavailable { retry_after: Duration },
@@ -122,6 +128,8 @@ impl ApiError {
             }
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE", "Backend unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "Rate limited"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "Overloaded"),
         }
     }
 
@@ -150,6 +158,12 @@ impl ApiError {
                 "This Idempotency-Key was already used for a different request (method, path or body).".into()
             }
             Self::Unavailable { .. } => "The CRM backend is unavailable; nothing was changed. Retry later.".into(),
+            Self::RateLimited { .. } => {
+                "This channel is over its request rate; retry after Retry-After seconds.".into()
+            }
+            Self::Overloaded => {
+                "The service is at its limit of requests in flight; nothing was done. Retry shortly.".into()
+            }
             Self::Internal => "An internal error occurred; it has been logged under this request id.".into(),
         }
     }
@@ -212,8 +226,12 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         match self {
-            Self::Unavailable { retry_after } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            Self::Unavailable { retry_after } | Self::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Self::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             Self::IdempotencyKeyInUse => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));

@@ -13,6 +13,7 @@ use super::dto::*;
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
 use super::{request_id, AppState, API_INT};
+use crate::observability;
 
 /// The `Idempotency-Key` request header every POST accepts (SPEC §4).
 #[derive(utoipa::IntoParams)]
@@ -65,6 +66,7 @@ pub async fn create(
     caller.check(&request.channel)?;
     let ctx = context(request.channel.clone(), None);
     let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
+    observability::lifecycle_outcome("create", outcome.result.as_str(), outcome.record_type);
     let response = CreateResponse::from(outcome);
     if !response.is_new() {
         return Ok((StatusCode::OK, Json(response)).into_response());
@@ -107,6 +109,8 @@ pub async fn close_won(
         .close_won(cmd.record_type, &cmd.id, cmd.convert, &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, what(cmd.record_type)))?;
+    let converted = if outcome.lead.is_some() && outcome.opportunity.is_some() { "WON_CONVERTED" } else { "WON" };
+    observability::lifecycle_outcome("close_won", converted, cmd.record_type);
     Ok(Json(outcome.into()))
 }
 
@@ -143,6 +147,7 @@ pub async fn close_lost_opportunity(
         .close_lost(RecordType::Opportunity, &cmd.id, &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, "opportunity"))?;
+    observability::lifecycle_outcome("close_lost", "LOST", RecordType::Opportunity);
     Ok(Json(CloseLostOpportunityResponse { opportunity_id: r.id, status: r.status.as_str() }))
 }
 
@@ -176,6 +181,7 @@ pub async fn close_lost_lead(
     let ctx = context(cmd.channel, cmd.reason);
     let r =
         state.store.close_lost(RecordType::Lead, &cmd.id, &ctx).await.map_err(|e| ApiError::from_store(e, "lead"))?;
+    observability::lifecycle_outcome("close_lost", "LOST", RecordType::Lead);
     Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
 }
 
@@ -268,6 +274,12 @@ pub async fn live() -> Json<Health> {
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ready().await.map_err(|e| ApiError::from_store(e, "record"))?;
     Ok(Json(Health { status: "UP" }))
+}
+
+/// Prometheus metrics, text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::observability::render())
 }
 
 pub async fn not_found() -> ApiError {

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod fields;
 pub mod handlers;
 pub mod idempotency;
+pub mod overload;
 pub mod request_id;
 
 use std::any::Any;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub idempotency_ttl: Duration,
     /// The channels' API keys; empty when the service runs open.
     pub api_keys: Arc<auth::ApiKeys>,
+    /// Per-channel rate limit, if configured.
+    pub rate_limit: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    /// Permits for requests in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bounds every request, body reading included, so a stalled client cannot hold a connection (or a
@@ -68,6 +73,7 @@ async fn timeout(State(state): State<AppState>, request: Request, next: Next) ->
     paths(
         handlers::create, handlers::close_won, handlers::close_lost_opportunity, handlers::close_lost_lead,
         handlers::get_lead, handlers::get_opportunity, handlers::search, handlers::live, handlers::ready,
+        handlers::metrics,
     ),
     modifiers(&BearerScheme),
     tags(
@@ -110,11 +116,13 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/opportunities/{{id}}"), get(handlers::get_opportunity))
         .route(&format!("{API_INT}/search"), post(handlers::search))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), overload::rate_limit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .with_state(state.clone());
     let operations = Router::new()
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
         .with_state(state.clone());
     let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
     Router::new()
@@ -127,5 +135,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(limit)
+        .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
         .layer(axum::middleware::from_fn(request_id::layer))
 }

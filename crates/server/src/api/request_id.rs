@@ -55,7 +55,9 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let header = HeaderValue::from_str(&id).ok();
     let mut response = REQUEST_ID.scope(id, next.run(request).instrument(span.clone())).await;
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let elapsed = started.elapsed();
+    crate::observability::http_request(method.as_str(), &route, status, elapsed);
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
     if let Some(h) = header {
         response.headers_mut().insert(X_REQUEST_ID.clone(), h);

@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod idempotency;
+mod observability;
 mod operations;
 mod reading;
 mod replicas;

@@ -1,0 +1,56 @@
+//! Overload: a bound on requests in flight with a fast 503 beyond it (shedding instead of an unbounded
+//! queue), and an optional per-channel rate limit answering 429 with `Retry-After`.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+
+/// Requests per second per channel, with a burst allowance.
+pub fn rate_limiter(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<DefaultKeyedRateLimiter<String>> {
+    Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)))
+}
+
+/// Outermost middleware but for request ids: admits a request only while fewer than the bound are in
+/// flight; otherwise answers 503 `OVERLOADED` at once, before reading the body.
+pub async fn shed(State(in_flight): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    let Ok(permit) = in_flight.try_acquire_owned() else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        return ApiError::Overloaded.into_response();
+    };
+    metrics::gauge!("http_requests_in_flight").increment(1.0);
+    let response = next.run(request).await;
+    metrics::gauge!("http_requests_in_flight").decrement(1.0);
+    drop(permit);
+    response
+}
+
+/// On the API routes, after authentication: one bucket per channel (the API key's; all open callers share
+/// one bucket when the service runs without keys).
+pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(limiter) = &state.rate_limit else {
+        return next.run(request).await;
+    };
+    let channel = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.0.as_ref())
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_else(|| "open".to_owned());
+    if let Err(not_until) = limiter.check_key(&channel) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!("http_requests_rate_limited_total", "channel" => channel).increment(1);
+        return ApiError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }.into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics (`GET /metrics`) and the store decorator that times every call of the port.
+//!
+//! Names and labels:
+//! - `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,route,status}`:
+//!   `route` is the matched route template, never the raw path, so cardinality stays bounded;
+//! - `http_requests_in_flight`, `http_requests_shed_total`, `http_requests_rate_limited_total{channel}`;
+//! - `crm_lifecycle_outcomes_total{operation,result,record_type}`: what the lifecycle did;
+//! - `crm_store_duration_seconds{operation,outcome}`: every call of the storage port;
+//! - `crm_backend_calls_total{backend,operation,status}` and `crm_backend_api_usage{backend,limit}`: a CRM
+//!   backend's own calls and API allowance, recorded by such an adapter through [`backend_call`] and
+//!   [`backend_api_usage`].
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lifecycle::{IdNumber, Product, RecordType};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use store::{
+    Backend, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory,
+    RequestContext, SearchResult, Store, StoreError, StoredResponse,
+};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The process-wide recorder, installed on first use (every application in the process shares it).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The text exposition format.
+pub fn render() -> String {
+    handle().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+pub fn lifecycle_outcome(operation: &'static str, result: &str, record_type: RecordType) {
+    metrics::counter!(
+        "crm_lifecycle_outcomes_total",
+        "operation" => operation,
+        "result" => result.to_owned(),
+        "record_type" => record_type.as_str()
+    )
+    .increment(1);
+}
+
+/// For a CRM backend adapter: one call to the CRM's own API.
+pub fn backend_call(backend: &'static str, operation: &'static str, status: u16) {
+    metrics::counter!("crm_backend_calls_total", "backend" => backend, "operation" => operation, "status" => status.to_string())
+        .increment(1);
+}
+
+/// For a CRM backend adapter: the API allowance it reports (used and limit).
+pub fn backend_api_usage(backend: &'static str, used: f64, limit: f64) {
+    metrics::gauge!("crm_backend_api_usage", "backend" => backend, "limit" => "used").set(used);
+    metrics::gauge!("crm_backend_api_usage", "backend" => backend, "limit" => "max").set(limit);
+}
+
+/// Wraps a backend and times every call of the port.
+pub struct Instrumented(pub Arc<dyn Backend>);
+
+async fn timed<T>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) | Err(StoreError::NotFound | StoreError::InvalidTransition { .. } | StoreError::UnknownOwner) => "ok",
+        Err(StoreError::Unavailable { .. }) => "unavailable",
+        Err(StoreError::Internal(_)) => "error",
+    };
+    metrics::histogram!("crm_store_duration_seconds", "operation" => operation, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+#[async_trait]
+impl Store for Instrumented {
+    async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
+        timed("create", self.0.create(request, ctx)).await
+    }
+    async fn close_won(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        convert: bool,
+        ctx: &RequestContext,
+    ) -> Result<CloseWonOutcome, StoreError> {
+        timed("close_won", self.0.close_won(record_type, id, convert, ctx)).await
+    }
+    async fn close_lost(
+        &self,
+        record_type: RecordType,
+        id: &str,
+        ctx: &RequestContext,
+    ) -> Result<RecordRef, StoreError> {
+        timed("close_lost", self.0.close_lost(record_type, id, ctx)).await
+    }
+    async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {
+        timed("get", self.0.get(record_type, id)).await
+    }
+    async fn search(&self, id_number: &IdNumber, product: Option<&Product>) -> Result<SearchResult, StoreError> {
+        timed("search", self.0.search(id_number, product)).await
+    }
+    async fn ready(&self) -> Result<(), StoreError> {
+        timed("ready", self.0.ready()).await
+    }
+}
+
+#[async_trait]
+impl Idempotency for Instrumented {
+    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
+        timed("idempotency_claim", self.0.claim(key, fingerprint, lease, ttl)).await
+    }
+    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        timed("idempotency_complete", self.0.complete(key, fingerprint, response)).await
+    }
+    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
+        timed("idempotency_release", self.0.release(key, fingerprint)).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        timed("idempotency_purge", self.0.purge_expired()).await
+    }
+}

@@ -1,0 +1,78 @@
+//! `/metrics`, load shedding and the per-channel rate limit, through HTTP.
+
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// The value of one series in the Prometheus text, 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_outcomes_and_store_calls() {
+    let app = spawn_app().await;
+    let requests = format!("http_requests_total{{method=\"POST\",route=\"{CREATE}\",status=\"201\"}}");
+    let created = "crm_lifecycle_outcomes_total{operation=\"create\",result=\"CREATED\",record_type=\"LEAD\"}";
+    let store = "crm_store_duration_seconds_count{operation=\"create\",outcome=\"ok\"}";
+    let before = app.get("/metrics").await.text().await.unwrap();
+    let (status, _) = app.create(&ntb("M1", "CARD", "RM001")).await;
+    assert_eq!(status, 201);
+    let r = app.get("/metrics").await;
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let after = r.text().await.unwrap();
+    for series in [requests.as_str(), created, store] {
+        assert!(value(&after, series) >= value(&before, series) + 1.0, "{series} did not grow:\n{after}");
+    }
+    assert!(after.contains("http_request_duration_seconds_bucket{"), "latency histogram");
+    assert!(!after.contains("M1"), "no personal data in labels");
+    // The route label is the template, never the raw path with an id in it.
+    app.get(&format!("{INT}/leads/some-id")).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("route=\"/integration-service/int/api/crm/v1/leads/{id}\""), "{text}");
+    assert!(!text.contains("some-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_bound_are_shed_at_once() {
+    let app = spawn_app_with(|s| s.max_in_flight = 1).await;
+    // One request holds the only permit: its body is still on the way.
+    let mut slow = std::net::TcpStream::connect(app.base.trim_start_matches("http://")).unwrap();
+    write!(slow, "POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{{")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = app.post(CREATE, &ntb("M2", "CARD", "RM001")).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    problem(r, 503, "OVERLOADED").await;
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = app.create(&ntb("M2", "CARD", "RM001")).await;
+    assert_eq!(status, 201, "the permit came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_over_its_rate_gets_429() {
+    let app = spawn_app_with(|s| s.rate_limit = Some((NonZeroU32::new(1).unwrap(), NonZeroU32::new(2).unwrap()))).await;
+    let body = ntb("M3", "CARD", "RM001");
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..4 {
+        let r = app.post(CREATE, &body).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            limited = Some(r);
+        }
+    }
+    assert_eq!(&statuses[..2], &[201, 200], "the burst is allowed: {statuses:?}");
+    let r = limited.expect("rate limited");
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait));
+    problem(r, 429, "RATE_LIMITED").await;
+    // Operations endpoints are not limited.
+    assert_eq!(app.get("/health/live").await.status(), 200);
+}
