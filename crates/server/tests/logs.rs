@@ -1,0 +1,99 @@
+//! Personal data never reaches a log unmasked (SPEC §4). Its own test binary, because it installs the
+//! process's one global log subscriber: every event of every level from every crate (the service, axum,
+//! hyper, sqlx, …) is captured while a whole range of requests runs on both backends, and the capture is
+//! then searched for the raw values.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use integration_service::config::{Settings, StoreUrl};
+use integration_service::startup::Application;
+use serde_json::{json, Value};
+use store_postgres::scratch::ScratchDb;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const ID_NUMBER: &str = "079912345678";
+const CIF: &str = "CIF99887766";
+const PHONE: &str = "+84987654321";
+const EMAIL: &str = "tran.thi.b@example.org";
+const FULL_NAME: &str = "Tran Thi Bich";
+
+async fn exercise(store: StoreUrl) {
+    let settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, ..Settings::default() };
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client.post(format!("{base}{path}")).header("idempotency-key", format!("k-{}", body)).json(&body).send()
+    };
+    let create = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity";
+    let customer = json!({"idNumber": ID_NUMBER, "cif": CIF, "fullName": FULL_NAME, "phone": PHONE, "email": EMAIL});
+    let mut ids = Vec::new();
+    for (kind, owner) in [("NTB", "RM001"), ("NTB", "RM002"), ("ETB", "RM001"), ("ETB", "RM003")] {
+        let body = json!({"customerType": kind, "customer": customer, "product": "CARD", "ownerId": owner, "channel": "MOBILE_APP"});
+        let r: Value = post(create, body.clone()).await.unwrap().json().await.unwrap();
+        ids.push(r["id"].as_str().unwrap().to_owned());
+        post(create, body).await.unwrap(); // replayed
+    }
+    // Refused requests that carry the values in bad shapes.
+    for bad in [
+        json!({"customerType": "NTB", "customer": {"idNumber": format!("{ID_NUMBER} x"), "phone": format!("{PHONE}x"), "email": EMAIL.replace('@', " ")}}),
+        json!({"customerType": "ETB", "customer": {"idNumber": ID_NUMBER, "fullName": FULL_NAME}, "product": 1}),
+        json!([ID_NUMBER, CIF, PHONE, EMAIL, FULL_NAME]),
+    ] {
+        post(create, bad).await.unwrap();
+    }
+    client.post(format!("{base}{create}")).header("content-type", "application/json").body(format!("{{\"idNumber\": \"{ID_NUMBER}\"")).send().await.unwrap();
+    client.post(format!("{base}{create}")).header("content-type", "text/plain").body(EMAIL.to_owned()).send().await.unwrap();
+    let search = "/integration-service/int/api/crm/v1/search";
+    post(search, json!({"idNumber": ID_NUMBER})).await.unwrap();
+    post(search, json!({"idNumber": ID_NUMBER, "product": "CARD"})).await.unwrap();
+    client.get(format!("{base}/integration-service/int/api/crm/v1/leads/{}", ids[1])).send().await.unwrap();
+    client.get(format!("{base}/integration-service/int/api/crm/v1/leads/{ID_NUMBER}")).send().await.unwrap();
+    post("/integration-service/int/api/crm/v1/combo-update-lead-opportunity", json!({"leadId": ids[1], "channel": "MOBILE_APP"})).await.unwrap();
+    post("/integration-service/api/crm/v1/update-opportunity-status", json!({"opportunityId": ids[3], "status": "Close Lost", "channel": "MOBILE_APP", "reason": "AML_REJECTED"})).await.unwrap();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_personal_value_reaches_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let dir = tempfile::tempdir().unwrap();
+    exercise(StoreUrl::Sqlite(dir.path().join("crm.db"))).await;
+    let db = ScratchDb::create("crm_logs").await;
+    exercise(StoreUrl::Postgres(db.url.clone())).await;
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(logs.lines().count() > 100, "the capture works: {} lines", logs.lines().count());
+    assert!(logs.contains("request completed"), "request lines are captured");
+    for raw in [ID_NUMBER, CIF, PHONE, &PHONE[1..], EMAIL, FULL_NAME, "Bich"] {
+        let hit = logs.lines().find(|l| l.contains(raw));
+        assert!(hit.is_none(), "{raw} is in the logs: {}", hit.unwrap_or_default());
+    }
+}
