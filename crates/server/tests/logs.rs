@@ -59,15 +59,37 @@ async fn exercise(store: StoreUrl) {
     ] {
         post(create, bad).await.unwrap();
     }
-    client.post(format!("{base}{create}")).header("content-type", "application/json").body(format!("{{\"idNumber\": \"{ID_NUMBER}\"")).send().await.unwrap();
-    client.post(format!("{base}{create}")).header("content-type", "text/plain").body(EMAIL.to_owned()).send().await.unwrap();
+    client
+        .post(format!("{base}{create}"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"idNumber\": \"{ID_NUMBER}\""))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(format!("{base}{create}"))
+        .header("content-type", "text/plain")
+        .body(EMAIL.to_owned())
+        .send()
+        .await
+        .unwrap();
     let search = "/integration-service/int/api/crm/v1/search";
     post(search, json!({"idNumber": ID_NUMBER})).await.unwrap();
     post(search, json!({"idNumber": ID_NUMBER, "product": "CARD"})).await.unwrap();
     client.get(format!("{base}/integration-service/int/api/crm/v1/leads/{}", ids[1])).send().await.unwrap();
     client.get(format!("{base}/integration-service/int/api/crm/v1/leads/{ID_NUMBER}")).send().await.unwrap();
-    post("/integration-service/int/api/crm/v1/combo-update-lead-opportunity", json!({"leadId": ids[1], "channel": "MOBILE_APP"})).await.unwrap();
-    post("/integration-service/api/crm/v1/update-opportunity-status", json!({"opportunityId": ids[3], "status": "Close Lost", "channel": "MOBILE_APP", "reason": "AML_REJECTED"})).await.unwrap();
+    post(
+        "/integration-service/int/api/crm/v1/combo-update-lead-opportunity",
+        json!({"leadId": ids[1], "channel": "MOBILE_APP"}),
+    )
+    .await
+    .unwrap();
+    post(
+        "/integration-service/api/crm/v1/update-opportunity-status",
+        json!({"opportunityId": ids[3], "status": "Close Lost", "channel": "MOBILE_APP", "reason": "AML_REJECTED"}),
+    )
+    .await
+    .unwrap();
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

@@ -473,3 +473,120 @@ pub struct Health {
     #[schema(example = "UP")]
     pub status: &'static str,
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property tests of the parsing edge: no input panics; whatever passes satisfies the contract; and a
+    //! valid body with one field spoiled is refused naming exactly that field.
+
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "\\PC{0,40}".prop_map(Value::String),
+            "[A-Za-z0-9-]{1,33}".prop_map(Value::String),
+            prop::sample::select(vec!["NTB", "ETB", "Close Lost", "Close Won", ""]).prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "customerType",
+                        "customer",
+                        "idNumber",
+                        "cif",
+                        "phone",
+                        "email",
+                        "fullName",
+                        "product",
+                        "ownerId",
+                        "channel",
+                        "journeyId",
+                        "leadId",
+                        "opportunityId",
+                        "convertToOpportunity",
+                        "status",
+                        "reason",
+                        "other",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn errors(e: ApiError) -> Vec<String> {
+        match e {
+            ApiError::Validation(errors) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    fn valid_create() -> Value {
+        json!({"customerType": "ETB", "customer": {"idNumber": "079123456789", "cif": "C1", "fullName": "A B",
+               "phone": "+84901234567", "email": "a@example.com"},
+               "product": "CARD", "ownerId": "RM001", "channel": "MOBILE_APP", "journeyId": "J1"})
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsers_never_panic_and_accept_only_valid_requests(v in any_json()) {
+            match parse_create(&v) {
+                Ok(r) => {
+                    prop_assert!(IdNumber::parse(r.customer.id_number.expose()).is_ok());
+                    prop_assert!(r.customer_type != CustomerType::Etb || r.customer.cif.is_some());
+                }
+                Err(e) => prop_assert!(!errors(e).is_empty()),
+            }
+            match parse_close_won(&v) {
+                Ok(c) => prop_assert!(!c.id.is_empty()),
+                Err(e) => prop_assert!(!errors(e).is_empty()),
+            }
+            match parse_close_lost(&v, "leadId") {
+                Ok(c) => {
+                    prop_assert_eq!(v["status"].as_str(), Some("Close Lost"));
+                    prop_assert!(!c.id.is_empty());
+                }
+                Err(e) => prop_assert!(!errors(e).is_empty()),
+            }
+            if let Err(e) = parse_search(&v) {
+                prop_assert!(!errors(e).is_empty());
+            }
+        }
+
+        #[test]
+        fn one_spoiled_field_is_named(
+            field in prop::sample::select(vec![
+                "customerType", "customer.idNumber", "customer.cif", "customer.phone", "customer.email",
+                "customer.fullName", "product", "ownerId", "channel", "journeyId",
+            ]),
+            bad in prop_oneof![Just(json!(12)), Just(json!([])), Just(json!({})), Just(json!(true)), Just(json!("")), "\\PC{300,310}".prop_map(Value::String)],
+        ) {
+            let mut body = valid_create();
+            match field.split_once('.') {
+                Some((outer, inner)) => body[outer][inner] = bad,
+                None => body[field] = bad,
+            }
+            prop_assert_eq!(errors(parse_create(&body).unwrap_err()), vec![field.to_owned()]);
+        }
+    }
+
+    #[test]
+    fn the_valid_body_parses() {
+        let r = parse_create(&valid_create()).unwrap();
+        assert_eq!(r.customer.cif.unwrap().expose(), "C1");
+        assert_eq!(r.owner_id.as_str(), "RM001");
+    }
+}
