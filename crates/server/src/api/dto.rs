@@ -103,7 +103,9 @@ pub struct CreateRequestDto {
 #[schema(as = CloseWonRequest)]
 #[allow(dead_code, non_snake_case)]
 pub struct CloseWonRequestDto {
+    #[schema(min_length = 1, max_length = 128)]
     leadId: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
     opportunityId: Option<String>,
     /// Only with `leadId`; default `true`: convert the lead into a `Close Won` opportunity.
     #[schema(default = true)]
@@ -126,6 +128,7 @@ pub enum CloseLostStatus {
 #[schema(as = CloseLostOpportunityRequest)]
 #[allow(dead_code, non_snake_case)]
 pub struct CloseLostOpportunityRequestDto {
+    #[schema(min_length = 1, max_length = 128)]
     opportunityId: String,
     status: CloseLostStatus,
     #[schema(example = "LENDING_APP")]
@@ -140,6 +143,7 @@ pub struct CloseLostOpportunityRequestDto {
 #[schema(as = CloseLostLeadRequest)]
 #[allow(dead_code, non_snake_case)]
 pub struct CloseLostLeadRequestDto {
+    #[schema(min_length = 1, max_length = 128)]
     leadId: String,
     status: CloseLostStatus,
     #[schema(example = "MOBILE_APP")]
@@ -153,8 +157,9 @@ pub struct CloseLostLeadRequestDto {
 #[schema(as = SearchRequest)]
 #[allow(dead_code, non_snake_case)]
 pub struct SearchRequestDto {
-    #[schema(example = "079123456789")]
+    #[schema(example = "079123456789", pattern = "^[A-Za-z0-9-]{1,32}$")]
     idNumber: String,
+    #[schema(min_length = 1, max_length = 64)]
     product: Option<String>,
 }
 

@@ -22,7 +22,7 @@ use crate::observability;
 pub struct IdempotencyKeyHeader {
     /// 1–255 printable ASCII characters. A repeat within the retention time (24 h by default) with the same
     /// method, path and body answers the first response again with `Idempotent-Replayed: true`.
-    #[param(rename = "Idempotency-Key")]
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
     idempotency_key: Option<String>,
 }
 
