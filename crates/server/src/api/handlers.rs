@@ -139,15 +139,7 @@ pub async fn close_lost_opportunity(
     caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<CloseLostOpportunityResponse>, ApiError> {
-    let cmd = parse_close_lost(&body, "opportunityId")?;
-    caller.check(&cmd.channel)?;
-    let ctx = context(cmd.channel, cmd.reason);
-    let r = state
-        .store
-        .close_lost(RecordType::Opportunity, &cmd.id, &ctx)
-        .await
-        .map_err(|e| ApiError::from_store(e, "opportunity"))?;
-    observability::lifecycle_outcome("close_lost", "LOST", RecordType::Opportunity);
+    let r = close_lost(&state, &caller, &body, RecordType::Opportunity).await?;
     Ok(Json(CloseLostOpportunityResponse { opportunity_id: r.id, status: r.status.as_str() }))
 }
 
@@ -176,13 +168,31 @@ pub async fn close_lost_lead(
     caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Json<CloseLostLeadResponse>, ApiError> {
-    let cmd = parse_close_lost(&body, "leadId")?;
+    let r = close_lost(&state, &caller, &body, RecordType::Lead).await?;
+    Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
+}
+
+/// SPEC §2.3–2.4: the two close-lost operations differ only in the record type and its id field.
+async fn close_lost(
+    state: &AppState,
+    caller: &Caller,
+    body: &serde_json::Value,
+    record_type: RecordType,
+) -> Result<store::RecordRef, ApiError> {
+    let id_field = match record_type {
+        RecordType::Lead => "leadId",
+        RecordType::Opportunity => "opportunityId",
+    };
+    let cmd = parse_close_lost(body, id_field)?;
     caller.check(&cmd.channel)?;
     let ctx = context(cmd.channel, cmd.reason);
-    let r =
-        state.store.close_lost(RecordType::Lead, &cmd.id, &ctx).await.map_err(|e| ApiError::from_store(e, "lead"))?;
-    observability::lifecycle_outcome("close_lost", "LOST", RecordType::Lead);
-    Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
+    let r = state
+        .store
+        .close_lost(record_type, &cmd.id, &ctx)
+        .await
+        .map_err(|e| ApiError::from_store(e, what(record_type)))?;
+    observability::lifecycle_outcome("close_lost", "LOST", record_type);
+    Ok(r)
 }
 
 async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Result<Json<RecordDto>, ApiError> {
