@@ -83,6 +83,8 @@ fn main() -> ExitCode {
         }
         std::thread::spawn(move || for _ in out.lines() {});
         if base.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
             eprintln!("bench: the service did not start");
             return ExitCode::from(2);
         }
