@@ -51,8 +51,29 @@ impl std::fmt::Debug for PgConfig {
     }
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password (in the user part or as a `password=` parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            (base, Some(params.join("&")))
+        }
+        None => (url, None),
+    };
+    let base = redact_userinfo(url);
+    match query {
+        Some(q) => format!("{base}?{q}"),
+        None => base,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -104,9 +125,11 @@ pub struct PgStore {
 fn options(config: &PgConfig) -> Result<PgConnectOptions, OpenError> {
     let timeout = config.statement_timeout.as_millis().to_string();
     Ok(PgConnectOptions::from_str(&config.url)
-        .map_err(|e| OpenError::Url(e.to_string()))?
+        .map_err(|e| OpenError::Url(redact(&e.to_string())))?
         .application_name("integration-service")
-        .options([("statement_timeout", timeout.as_str())]))
+        // READ COMMITTED, whatever the database's default: after waiting for a key's lock, each statement
+        // must see what the previous holder committed (a snapshot taken before the wait would not).
+        .options([("statement_timeout", timeout.as_str()), ("default_transaction_isolation", "read\\ committed")]))
 }
 
 /// Applies pending migrations and returns how many were applied.
@@ -236,5 +259,9 @@ mod tests {
         assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            super::redact("postgres://u@h/db?password=TopSecret1&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
     }
 }

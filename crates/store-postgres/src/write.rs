@@ -8,6 +8,7 @@ use lifecycle::{
 };
 use sqlx::{PgPool, Postgres, Transaction};
 use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use time::OffsetDateTime;
 
 use crate::{error, retryable};
 
@@ -57,13 +58,21 @@ where
 
 type Tx = Transaction<'static, Postgres>;
 
-async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(key).execute(&mut **tx).await?;
-    Ok(())
+/// Takes the key's lock and returns the time once it is held: every write of the step is stamped with it,
+/// so the history of a key is in the order its steps really ran (`now()` would be the transaction's start,
+/// before the wait).
+async fn lock_key(tx: &mut Tx, key: &str) -> Result<OffsetDateTime, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
+    )
+    .bind(key)
+    .fetch_one(&mut **tx)
+    .await
 }
 
 async fn history(
     tx: &mut Tx,
+    at: OffsetDateTime,
     record_id: &str,
     from: Option<Status>,
     to: Status,
@@ -72,7 +81,7 @@ async fn history(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
-         VALUES ($1, $2, $3, now(), $4, $5, $6)",
+         VALUES ($1, $2, $3, $7, $4, $5, $6)",
     )
     .bind(record_id)
     .bind(from.map(Status::as_str))
@@ -80,16 +89,18 @@ async fn history(
     .bind(&ctx.request_id)
     .bind(ctx.channel.as_str())
     .bind(reason.map(Reason::as_str))
+    .bind(at)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE records SET status = $1, updated_at = now() WHERE id = $2 AND status = $3")
+async fn set_status(tx: &mut Tx, at: OffsetDateTime, id: &str, from: Status, to: Status) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE records SET status = $1, updated_at = $4 WHERE id = $2 AND status = $3")
         .bind(to.as_str())
         .bind(id)
         .bind(from.as_str())
+        .bind(at)
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -107,7 +118,7 @@ pub(crate) async fn create(
 ) -> Result<CreateOutcome, Failure> {
     let key = request.match_key(matching);
     let mut tx = pool.begin().await?;
-    lock_key(&mut tx, key.expose()).await?;
+    let at = lock_key(&mut tx, key.expose()).await?;
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT id, record_type, owner_id FROM records
          WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity')
@@ -144,17 +155,17 @@ pub(crate) async fn create(
     let open = record_type.open_status();
     let owner_changed = Reason::owner_changed();
     for id in &close {
-        if !set_status(&mut tx, id, open, Status::CloseLost).await? {
+        if !set_status(&mut tx, at, id, open, Status::CloseLost).await? {
             return Err(StoreError::internal(format!("record {id} changed under the key lock")).into());
         }
-        history(&mut tx, id, Some(open), Status::CloseLost, ctx, Some(&owner_changed)).await?;
+        history(&mut tx, at, id, Some(open), Status::CloseLost, ctx, Some(&owner_changed)).await?;
     }
     let id = new_id();
     let c = &request.customer;
     sqlx::query(
         "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
              full_name, phone, email, product, channel, journey_id, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), now())",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
     )
     .bind(&id)
     .bind(record_type.as_str())
@@ -170,9 +181,10 @@ pub(crate) async fn create(
     .bind(request.product.as_str())
     .bind(request.channel.as_str())
     .bind(request.journey_id.as_ref().map(|v| v.as_str()))
+    .bind(at)
     .execute(&mut *tx)
     .await?;
-    history(&mut tx, &id, None, open, ctx, ctx.reason.as_ref()).await?;
+    history(&mut tx, at, &id, None, open, ctx, ctx.reason.as_ref()).await?;
     tx.commit().await?;
     Ok(CreateOutcome {
         result,
@@ -185,7 +197,7 @@ pub(crate) async fn create(
 }
 
 /// Locks the key of the record `id` names and reads it; `NotFound` when there is no such record.
-async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result<Target, Failure> {
+async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result<(Target, OffsetDateTime), Failure> {
     let key: Option<String> = sqlx::query_scalar("SELECT match_key FROM records WHERE id = $1 AND record_type = $2")
         .bind(id)
         .bind(record_type.as_str())
@@ -193,18 +205,19 @@ async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result
         .await?;
     let key = key.ok_or(StoreError::NotFound)?;
     // The key never changes, so locking it after the unlocked read is sound.
-    lock_key(tx, &key).await?;
+    let at = lock_key(tx, &key).await?;
     let (status, converted): (String, Option<String>) =
         sqlx::query_as("SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
-    Ok(Target {
+    let target = Target {
         id: id.to_owned(),
         record_type,
         status: Status::parse(&status).map_err(StoreError::internal)?,
         converted_opportunity_id: converted,
-    })
+    };
+    Ok((target, at))
 }
 
 pub(crate) async fn close_won(
@@ -215,7 +228,7 @@ pub(crate) async fn close_won(
     ctx: &RequestContext,
 ) -> Result<CloseWonOutcome, Failure> {
     let mut tx = pool.begin().await?;
-    let mut t = locked_target(&mut tx, record_type, id).await?;
+    let (mut t, at) = locked_target(&mut tx, record_type, id).await?;
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => {
             tx.rollback().await?;
@@ -226,8 +239,8 @@ pub(crate) async fn close_won(
             Err(StoreError::InvalidTransition { current: t.status }.into())
         }
         CloseWonPlan::Win { convert } => {
-            set_status(&mut tx, id, t.status, Status::CloseWon).await?;
-            history(&mut tx, id, Some(t.status), Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
+            set_status(&mut tx, at, id, t.status, Status::CloseWon).await?;
+            history(&mut tx, at, id, Some(t.status), Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
             if convert {
                 let opp = new_id();
                 sqlx::query(
@@ -235,11 +248,12 @@ pub(crate) async fn close_won(
                          full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
                          created_at, updated_at)
                      SELECT $1, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
-                         full_name, phone, email, product, channel, journey_id, id, now(), now()
+                         full_name, phone, email, product, channel, journey_id, id, $3, $3
                      FROM records WHERE id = $2",
                 )
                 .bind(&opp)
                 .bind(id)
+                .bind(at)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query("UPDATE records SET converted_opportunity_id = $1 WHERE id = $2")
@@ -247,7 +261,7 @@ pub(crate) async fn close_won(
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                history(&mut tx, &opp, None, Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
+                history(&mut tx, at, &opp, None, Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
                 t.converted_opportunity_id = Some(opp);
             }
             tx.commit().await?;
@@ -263,7 +277,7 @@ pub(crate) async fn close_lost(
     ctx: &RequestContext,
 ) -> Result<RecordRef, Failure> {
     let mut tx = pool.begin().await?;
-    let t = locked_target(&mut tx, record_type, id).await?;
+    let (t, at) = locked_target(&mut tx, record_type, id).await?;
     match plan_close_lost(&t) {
         CloseLostPlan::AlreadyLost => tx.rollback().await?,
         CloseLostPlan::Refuse => {
@@ -271,8 +285,8 @@ pub(crate) async fn close_lost(
             return Err(StoreError::InvalidTransition { current: t.status }.into());
         }
         CloseLostPlan::Lose => {
-            set_status(&mut tx, id, t.status, Status::CloseLost).await?;
-            history(&mut tx, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
+            set_status(&mut tx, at, id, t.status, Status::CloseLost).await?;
+            history(&mut tx, at, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
             tx.commit().await?;
         }
     }

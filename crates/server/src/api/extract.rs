@@ -61,10 +61,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RecordIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<String>::from_request_parts(parts, state)
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|Path(id)| RecordIdPath(id))
-            .map_err(|e: PathRejection| ApiError::BadPath(e.body_text()))
+            .map_err(|e: PathRejection| ApiError::BadPath(e.body_text()))?;
+        // Ids are 1-128 characters without control characters (as in request bodies); no record has any
+        // other id, and some backends refuse such text outright.
+        if id.chars().count() > 128 || id.chars().any(char::is_control) {
+            return Err(ApiError::NotFound("record"));
+        }
+        Ok(RecordIdPath(id))
     }
 }
 
