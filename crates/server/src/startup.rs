@@ -58,12 +58,11 @@ impl Opened {
     /// Called after the server has stopped: every handler has returned, so the store is ours alone.
     async fn shutdown(self) {
         match self {
-            Self::Sqlite(s) => match Arc::try_unwrap(s) {
-                Ok(s) => {
-                    let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
-                }
-                Err(_) => tracing::warn!("store still shared at shutdown; the writer stops when it is dropped"),
-            },
+            Self::Sqlite(s) => {
+                // Handlers are done, but spawned work (a purge, an idempotency release) may still hold the
+                // store: stop the writer through the shared handle, after what is queued.
+                let _ = tokio::task::spawn_blocking(move || s.stop_writer()).await;
+            }
             Self::Postgres(s) => s.shutdown().await,
         }
     }
@@ -148,6 +147,7 @@ impl Application {
             }
         };
         purger.abort();
+        let _ = purger.await;
         backend.shutdown().await;
         served
     }

@@ -129,11 +129,28 @@ impl SqliteStore {
 
     /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
     pub fn shutdown(self) {
-        let Self { jobs, writer, .. } = self;
-        drop(jobs);
-        if let Some(handle) = writer.lock().ok().and_then(|mut w| w.take()) {
-            let _ = handle.join();
+        self.stop_writer();
+    }
+
+    /// Has the writer finish every write queued so far, commit it, and stop; waits for that. Later writes
+    /// are refused as unavailable. Callable through a shared reference, so it works while other tasks
+    /// still hold the store.
+    pub fn stop_writer(&self) {
+        let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) else {
+            return; // already stopped
+        };
+        // Not `blocking_send`, which panics inside an async context: wait for room by hand.
+        let mut stop = writer::Job::Stop;
+        loop {
+            match self.jobs.try_send(stop) {
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    stop = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => break,
+            }
         }
+        let _ = handle.join();
     }
 
     /// Runs `work` in the writer's transaction and waits until it is durable.

@@ -15,8 +15,11 @@ pub(crate) struct Settings {
     pub max_batch: usize,
 }
 
-/// A write waiting for the writer.
-pub(crate) type Job = Box<dyn Work>;
+/// What the writer's queue carries: a write, or the order to stop once everything before it is done.
+pub(crate) enum Job {
+    Write(Box<dyn Work>),
+    Stop,
+}
 
 /// An answer computed inside the transaction, waiting for the commit.
 type Pending = Box<dyn Deliver>;
@@ -53,7 +56,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Transaction<'_>, &Settings) -> Result<T, StoreError> + Send + 'static,
 {
-    Box::new(Task { work, reply })
+    Job::Write(Box::new(Task { work, reply }))
 }
 
 impl<T: Send + 'static, F> Work for Task<T, F>
@@ -93,21 +96,36 @@ fn in_savepoint<T>(
 }
 
 pub(crate) fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, settings: Settings) {
-    let mut batch = Vec::with_capacity(settings.max_batch);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
+    let mut batch: Vec<Box<dyn Work>> = Vec::with_capacity(settings.max_batch);
+    let mut stopping = false;
+    while !stopping {
+        match queue.blocking_recv() {
+            Some(Job::Write(work)) => batch.push(work),
+            Some(Job::Stop) | None => break,
+        }
         while batch.len() < settings.max_batch {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Job::Write(work)) => batch.push(work),
+                Ok(Job::Stop) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
         execute(&mut conn, batch.drain(..), &settings);
     }
+    // Whatever arrived after the stop order is refused, not lost silently.
+    queue.close();
+    while let Ok(job) = queue.try_recv() {
+        if let Job::Write(work) = job {
+            work.fail("the SQLite writer has stopped");
+        }
+    }
     tracing::debug!("sqlite writer stopped");
 }
 
-fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Job>, settings: &Settings) {
+fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Box<dyn Work>>, settings: &Settings) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {

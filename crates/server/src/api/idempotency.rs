@@ -23,7 +23,8 @@ use store::{Backend, Claim, StoredResponse};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::BODY_LIMIT;
-use super::AppState;
+use super::{request_id, AppState};
+use tracing::Instrument;
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -101,8 +102,8 @@ fn replay(r: StoredResponse) -> Response {
     response
 }
 
-/// Releases a claim whose request never finished (the client went away, or the request timed out), so a
-/// retry need not wait for the lease to run out.
+/// Releases a claim whose request failed to produce an answer (a panic), so a retry need not wait for the
+/// lease to run out.
 struct Claimed {
     store: Arc<dyn Backend>,
     key: String,
@@ -125,6 +126,37 @@ impl Drop for Claimed {
             });
         }
     }
+}
+
+/// Runs the claimed request and records its answer (or releases the claim when the answer is not kept).
+async fn run_and_record(mut claim: Claimed, next: Next, request: Request) -> Response {
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let Ok(body) = to_bytes(body, usize::MAX).await else {
+        return ApiError::Internal.into_response(); // the claim is released on drop
+    };
+    let outcome = if keep(parts.status) {
+        let stored = StoredResponse {
+            status: parts.status.as_u16(),
+            content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(Into::into),
+            location: parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(Into::into),
+            body: body.to_vec(),
+        };
+        claim.store.complete(&claim.key, &claim.fingerprint, &stored).await
+    } else {
+        claim.store.release(&claim.key, &claim.fingerprint).await
+    };
+    match outcome {
+        Ok(()) => claim.settled = true,
+        // The operation itself stands; the claim stays running until its lease ends. A retry after that
+        // runs the operation again, which finds its own effect (a create answers EXISTING, a close as
+        // before) and changes nothing more.
+        Err(e) => {
+            claim.settled = true;
+            tracing::warn!(error = %e, "idempotency: cannot record the response");
+        }
+    }
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// Middleware on the API routes.
@@ -159,30 +191,16 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Ok(Claim::InUse) => ApiError::IdempotencyKeyInUse.into_response(),
         Ok(Claim::Replay(stored)) => replay(stored),
         Ok(Claim::Proceed) => {
-            let mut claim = Claimed { store: state.store.clone(), key, fingerprint: fp, settled: false };
-            let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-            let (parts, body) = response.into_parts();
-            let Ok(body) = to_bytes(body, usize::MAX).await else {
-                return ApiError::Internal.into_response(); // the claim is released on drop
-            };
-            let outcome = if keep(parts.status) {
-                let stored = StoredResponse {
-                    status: parts.status.as_u16(),
-                    content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(Into::into),
-                    location: parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(Into::into),
-                    body: body.to_vec(),
-                };
-                state.store.complete(&claim.key, &claim.fingerprint, &stored).await
-            } else {
-                state.store.release(&claim.key, &claim.fingerprint).await
-            };
-            match outcome {
-                Ok(()) => claim.settled = true,
-                // The operation itself stands. The claim stays running until its lease ends; a retry then
-                // runs the operation again, which answers as the first time did.
-                Err(e) => tracing::warn!(error = %e, "idempotency: cannot record the response"),
+            let claim = Claimed { store: state.store.clone(), key, fingerprint: fp, settled: false };
+            let request = Request::from_parts(parts, Body::from(bytes));
+            // The request runs to the end and its answer is recorded even if the client goes away or the
+            // request timeout fires: a retry then gets the replay rather than a second run.
+            let id = request_id::current().unwrap_or_default();
+            let run = request_id::scope(id, run_and_record(claim, next, request)).in_current_span();
+            match tokio::spawn(run).await {
+                Ok(response) => response,
+                Err(_) => ApiError::Internal.into_response(), // it panicked; the claim was released on drop
             }
-            Response::from_parts(parts, Body::from(body))
         }
     }
 }

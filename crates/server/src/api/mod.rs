@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), overload::rate_limit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        .route_layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
         .with_state(state.clone());
     let operations = Router::new()
         .route("/health/live", get(handlers::live))
@@ -135,6 +136,5 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(limit)
-        .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
         .layer(axum::middleware::from_fn(request_id::layer))
 }

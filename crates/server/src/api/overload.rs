@@ -21,18 +21,34 @@ pub fn rate_limiter(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<DefaultKey
     Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)))
 }
 
-/// Outermost middleware but for request ids: admits a request only while fewer than the bound are in
-/// flight; otherwise answers 503 `OVERLOADED` at once, before reading the body.
+/// First middleware of the API routes: admits a request only while fewer than the bound are in flight;
+/// otherwise answers 503 `OVERLOADED` at once, before reading the body. Health, metrics and docs are not
+/// counted, so an overloaded replica still answers its orchestrator.
 pub async fn shed(State(in_flight): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
     let Ok(permit) = in_flight.try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total").increment(1);
         return ApiError::Overloaded.into_response();
     };
-    metrics::gauge!("http_requests_in_flight").increment(1.0);
+    let _counted = InFlight::enter();
     let response = next.run(request).await;
-    metrics::gauge!("http_requests_in_flight").decrement(1.0);
     drop(permit);
     response
+}
+
+/// Counts a request in `http_requests_in_flight` for as long as it lives, cancelled or not.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("http_requests_in_flight").decrement(1.0);
+    }
 }
 
 /// On the API routes, after authentication: one bucket per channel (the API key's; all open callers share

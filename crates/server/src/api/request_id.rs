@@ -43,26 +43,55 @@ pub async fn layer(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        method = %method,
+        method = %request.method(),
         route = %route,
         channel = tracing::field::Empty
     );
-    let started = Instant::now();
+    let mut line = RequestLine {
+        span: span.clone(),
+        method: request.method().to_string(),
+        route,
+        started: Instant::now(),
+        status: None,
+    };
     let header = HeaderValue::from_str(&id).ok();
-    let mut response = REQUEST_ID.scope(id, next.run(request).instrument(span.clone())).await;
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    crate::observability::http_request(method.as_str(), &route, status, elapsed);
-    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-    span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
+    let mut response = scope(id, next.run(request).instrument(span)).await;
+    line.status = Some(response.status().as_u16());
     if let Some(h) = header {
         response.headers_mut().insert(X_REQUEST_ID.clone(), h);
     }
     response
+}
+
+/// Runs `f` with `id` as the current request id (for work a request hands to another task).
+pub fn scope<F: std::future::Future>(id: String, f: F) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_ID.scope(id, f)
+}
+
+/// The request's one log line and its metrics, written when the request ends, however it ends: a client
+/// that goes away mid-request drops the handler, and the line then says `cancelled` (status 499).
+struct RequestLine {
+    span: tracing::Span,
+    method: String,
+    route: String,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for RequestLine {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let status = self.status.unwrap_or(499);
+        crate::observability::http_request(&self.method, &self.route, status, elapsed);
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+        self.span.in_scope(|| match self.status {
+            Some(_) => tracing::info!(status, latency_ms, "request completed"),
+            None => tracing::info!(status, latency_ms, "request cancelled by the client"),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -157,3 +157,35 @@ async fn two_replicas_racing_on_one_key_run_it_once() {
     assert_eq!(v["result"], "CREATED");
     assert!(bodies.iter().all(|b| *b == from_a));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_gives_up_still_gets_the_replay() {
+    let app = spawn(Backend::Postgres).await;
+    let lock = hold_key(&app.postgres_url().unwrap(), "IG1/CARD").await;
+    let body = ntb("IG1", "CARD", "RM001");
+    // The client gives up while the create waits for the customer's lock.
+    let gave_up = app
+        .client
+        .post(format!("{}{CREATE}", app.base))
+        .header("idempotency-key", "key-gave-up")
+        .timeout(Duration::from_millis(300))
+        .json(&body)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    lock.close().await.unwrap();
+    // The request ran to the end anyway and its answer was kept: the retry replays it.
+    let mut answer = None;
+    for _ in 0..50 {
+        let (s, replayed, _, text) = parts(app.post_key(CREATE, "key-gave-up", &body).await).await;
+        if s != 409 {
+            answer = Some((s, replayed, text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, replayed, text) = answer.expect("the first run finished");
+    assert_eq!((s, replayed.as_deref()), (201, Some("true")), "{text}");
+    assert!(text.contains("CREATED"));
+    assert_eq!(app.search("IG1").await["leads"].as_array().unwrap().len(), 1);
+}

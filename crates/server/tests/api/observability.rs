@@ -49,6 +49,10 @@ async fn requests_beyond_the_in_flight_bound_are_shed_at_once() {
     let r = app.post(CREATE, &ntb("M2", "CARD", "RM001")).await;
     assert_eq!(r.headers()["retry-after"], "1");
     problem(r, 503, "OVERLOADED").await;
+    // The orchestrator's endpoints still answer: an overloaded replica is not a dead one.
+    for path in ["/health/live", "/health/ready", "/metrics"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, _) = app.create(&ntb("M2", "CARD", "RM001")).await;
