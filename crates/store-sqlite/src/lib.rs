@@ -141,14 +141,9 @@ impl SqliteStore {
         };
         // Not `blocking_send`, which panics inside an async context: wait for room by hand.
         let mut stop = writer::Job::Stop;
-        loop {
-            match self.jobs.try_send(stop) {
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    stop = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                _ => break,
-            }
+        while let Err(mpsc::error::TrySendError::Full(back)) = self.jobs.try_send(stop) {
+            stop = back;
+            std::thread::sleep(Duration::from_millis(1));
         }
         let _ = handle.join();
     }
