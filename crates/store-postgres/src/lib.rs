@@ -120,7 +120,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct PgStore {
     pool: PgPool,
     matching: Matching,
+    /// In-process locks, a stripe per hash of the matching key, taken before a connection is: requests
+    /// for one busy customer queue here instead of each holding a pooled connection while they wait for
+    /// the database lock, so they cannot starve other customers (or readiness) of connections.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
+
+const STRIPES: usize = 1024;
 
 fn options(config: &PgConfig) -> Result<PgConnectOptions, OpenError> {
     let timeout = config.statement_timeout.as_millis().to_string();
@@ -176,7 +182,15 @@ impl PgStore {
         if stored != config.matching.as_str() {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
-        Ok(Self { pool, matching: config.matching })
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { pool, matching: config.matching, stripes })
+    }
+
+    fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % self.stripes.len()]
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -217,6 +231,7 @@ pub(crate) fn retryable(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
+        let _queued = self.stripe(request.match_key(self.matching).expose()).lock().await;
         write::retrying(|| write::create(&self.pool, request, ctx, self.matching)).await
     }
 
@@ -227,7 +242,9 @@ impl Store for PgStore {
         convert: bool,
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
-        write::retrying(|| write::close_won(&self.pool, record_type, id, convert, ctx)).await
+        let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
+        let _queued = self.stripe(&key).lock().await;
+        write::retrying(|| write::close_won(&self.pool, &key, record_type, id, convert, ctx)).await
     }
 
     async fn close_lost(
@@ -236,7 +253,9 @@ impl Store for PgStore {
         id: &str,
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
-        write::retrying(|| write::close_lost(&self.pool, record_type, id, ctx)).await
+        let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
+        let _queued = self.stripe(&key).lock().await;
+        write::retrying(|| write::close_lost(&self.pool, &key, record_type, id, ctx)).await
     }
 
     async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {

@@ -197,15 +197,25 @@ pub(crate) async fn create(
 }
 
 /// Locks the key of the record `id` names and reads it; `NotFound` when there is no such record.
-async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result<(Target, OffsetDateTime), Failure> {
+/// The matching key of the record `id` names, read without a lock (a record's key never changes), so
+/// the caller can take the key's locks before its transaction; `NotFound` when there is no such record.
+pub(crate) async fn key_of(pool: &PgPool, record_type: RecordType, id: &str) -> Result<String, Failure> {
     let key: Option<String> = sqlx::query_scalar("SELECT match_key FROM records WHERE id = $1 AND record_type = $2")
         .bind(id)
         .bind(record_type.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(pool)
         .await?;
-    let key = key.ok_or(StoreError::NotFound)?;
-    // The key never changes, so locking it after the unlocked read is sound.
-    let at = lock_key(tx, &key).await?;
+    Ok(key.ok_or(StoreError::NotFound)?)
+}
+
+/// Locks `key` and reads the record `id` names under it.
+async fn locked_target(
+    tx: &mut Tx,
+    key: &str,
+    record_type: RecordType,
+    id: &str,
+) -> Result<(Target, OffsetDateTime), Failure> {
+    let at = lock_key(tx, key).await?;
     let (status, converted): (String, Option<String>) =
         sqlx::query_as("SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE")
             .bind(id)
@@ -222,13 +232,14 @@ async fn locked_target(tx: &mut Tx, record_type: RecordType, id: &str) -> Result
 
 pub(crate) async fn close_won(
     pool: &PgPool,
+    key: &str,
     record_type: RecordType,
     id: &str,
     convert: bool,
     ctx: &RequestContext,
 ) -> Result<CloseWonOutcome, Failure> {
     let mut tx = pool.begin().await?;
-    let (mut t, at) = locked_target(&mut tx, record_type, id).await?;
+    let (mut t, at) = locked_target(&mut tx, key, record_type, id).await?;
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => {
             tx.rollback().await?;
@@ -272,12 +283,13 @@ pub(crate) async fn close_won(
 
 pub(crate) async fn close_lost(
     pool: &PgPool,
+    key: &str,
     record_type: RecordType,
     id: &str,
     ctx: &RequestContext,
 ) -> Result<RecordRef, Failure> {
     let mut tx = pool.begin().await?;
-    let (t, at) = locked_target(&mut tx, record_type, id).await?;
+    let (t, at) = locked_target(&mut tx, key, record_type, id).await?;
     match plan_close_lost(&t) {
         CloseLostPlan::AlreadyLost => tx.rollback().await?,
         CloseLostPlan::Refuse => {

@@ -53,3 +53,35 @@ both_backends! {
     }
 
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_busy_customer_does_not_starve_the_others() {
+    let app = spawn_with(Backend::Postgres, |s| {
+        s.postgres_max_connections = 4;
+        s.postgres_acquire_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    // Something holds the busy customer's lock; twenty requests for that customer pile up behind it.
+    let lock = hold_key(&app.postgres_url().unwrap(), "HOT/CARD").await;
+    let busy: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, base) = (app.client.clone(), app.base.clone());
+            tokio::spawn(async move {
+                let body = ntb("HOT", "CARD", &format!("RM{i}"));
+                client.post(format!("{base}{CREATE}")).json(&body).send().await.map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Other customers and readiness are served meanwhile, with connections to spare.
+    let (status, _) = app.create(&ntb("COLD", "CARD", "RM001")).await;
+    assert_eq!(status, 201);
+    assert_eq!(app.get("/health/ready").await.status(), 200);
+    sqlx::Connection::close(lock).await.unwrap();
+    for t in busy {
+        assert!(matches!(t.await.unwrap(), Ok(200 | 201)));
+    }
+    let open =
+        app.search("HOT").await["leads"].as_array().unwrap().iter().filter(|l| l["status"] == "New Lead").count();
+    assert_eq!(open, 1);
+}

@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::Response;
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -96,13 +95,6 @@ async fn keys_expire_after_the_configured_time() {
     }
 }
 
-/// Holds the per-key lock of `key` on PostgreSQL so a create for it waits, as a slow request would.
-async fn hold_key(url: &str, key: &str) -> sqlx::PgConnection {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(key).execute(&mut conn).await.unwrap();
-    conn
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeat_while_the_first_runs_is_409_in_use() {
     let app = spawn(Backend::Postgres).await;
@@ -119,7 +111,7 @@ async fn a_repeat_while_the_first_runs_is_409_in_use() {
     let r = app.post_key(CREATE, "key-iu", &body).await;
     assert_eq!(r.headers()["retry-after"], "1");
     problem(r, 409, "IDEMPOTENCY_KEY_IN_USE").await;
-    lock.close().await.unwrap();
+    sqlx::Connection::close(lock).await.unwrap();
     let (s, replayed, _, first_body) = parts(first.await.unwrap()).await;
     assert_eq!((s, replayed), (201, None));
     let (s, replayed, _, again) = parts(app.post_key(CREATE, "key-iu", &body).await).await;
@@ -173,7 +165,7 @@ async fn a_client_that_gives_up_still_gets_the_replay() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the client timed out");
-    lock.close().await.unwrap();
+    sqlx::Connection::close(lock).await.unwrap();
     // The request ran to the end anyway and its answer was kept: the retry replays it.
     let mut answer = None;
     for _ in 0..50 {
