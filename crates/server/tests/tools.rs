@@ -15,6 +15,7 @@ use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
 use lifecycle::Channel;
 use serde_json::Value;
+use store_postgres::scratch::ScratchDb;
 
 struct Running {
     base: String,
@@ -22,14 +23,13 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-async fn start(api_keys: ApiKeys) -> Running {
+async fn start(api_keys: ApiKeys, postgres: Option<&ScratchDb>) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: StoreUrl::Sqlite(dir.path().join("crm.db")),
-        api_keys,
-        ..Settings::default()
+    let store = match postgres {
+        Some(db) => StoreUrl::Postgres(db.url.clone()),
+        None => StoreUrl::Sqlite(dir.path().join("crm.db")),
     };
+    let settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, api_keys, ..Settings::default() };
     let app = Application::build(&settings).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -60,11 +60,21 @@ fn schemathesis() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_server_error_and_no_schema_breach() {
+async fn schemathesis_finds_no_server_error_and_no_schema_breach_on_sqlite() {
+    schemathesis_run(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_schema_breach_on_postgres() {
+    let db = ScratchDb::create("crm_schemathesis").await;
+    schemathesis_run(Some(&db)).await;
+}
+
+async fn schemathesis_run(postgres: Option<&ScratchDb>) {
     let st = schemathesis();
     let channel = Channel::parse("MOBILE_APP").unwrap();
     let (key, entry) = ApiKey::generate(&channel).unwrap();
-    let app = start(ApiKeys(vec![entry])).await;
+    let app = start(ApiKeys(vec![entry]), postgres).await;
     let url = format!("{}/openapi.json", app.base);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st)
@@ -94,7 +104,7 @@ async fn the_docs_page_works_in_headless_chromium() {
         Path::new(&chromium).exists(),
         "Chromium is needed at {chromium}: run scripts/test (apt-get install chromium)"
     );
-    let app = start(ApiKeys::default()).await;
+    let app = start(ApiKeys::default(), None).await;
     let base = app.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node").arg(browser_dir.join("docs.mjs")).arg(&base).env("CHROMIUM", chromium).output().unwrap()

@@ -70,13 +70,22 @@ fn input() -> impl Strategy<Value = Input> {
 }
 
 #[test]
-fn random_input_never_causes_a_5xx() {
+fn random_input_never_causes_a_5xx_on_sqlite() {
+    random_input_never_causes_a_5xx(Backend::Sqlite);
+}
+
+#[test]
+fn random_input_never_causes_a_5xx_on_postgres() {
+    random_input_never_causes_a_5xx(Backend::Postgres);
+}
+
+fn random_input_never_causes_a_5xx(backend: Backend) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let app = rt.block_on(spawn_app());
+    let app = rt.block_on(spawn(backend));
     let (_, lead) = rt.block_on(app.create(&ntb("H0", "CARD", "RM001")));
     let (_, opp) = rt.block_on(app.create(&etb("H0", "CARD", "RM001")));
     let (lead, opp) = (lead["id"].clone(), opp["id"].clone());
-    let paths = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD, SEARCH];
+    let paths = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD, SEARCH, "GET leads", "GET opportunities"];
     let mut runner = TestRunner::new(Config { cases: 400, failure_persistence: None, ..Config::default() });
     runner
         .run(&(0..paths.len(), input()), |(p, input)| {
@@ -94,7 +103,14 @@ fn random_input_never_causes_a_5xx() {
                     body.to_string().into_bytes()
                 }
             };
-            let r = rt.block_on(app.post_raw(path, Some("application/json"), bytes.clone()));
+            let r = match path.strip_prefix("GET ") {
+                // Arbitrary bytes as a record id in the path, percent-encoded.
+                Some(kind) => {
+                    let id: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+                    rt.block_on(app.get(&format!("{INT}/{kind}/{}", if id.is_empty() { "x".into() } else { id })))
+                }
+                None => rt.block_on(app.post_raw(path, Some("application/json"), bytes.clone())),
+            };
             let status = r.status().as_u16();
             prop_assert!(status < 500, "{} on {} with {:?}", status, path, String::from_utf8_lossy(&bytes));
             prop_assert!(r.headers().contains_key("x-request-id"));
