@@ -143,12 +143,32 @@ struct Ack {
     request_id: String,
     status: u16,
     body: Value,
+    /// The body as received, for byte-for-byte comparison of replays.
+    text: String,
+    idempotency_key: Option<String>,
+    replayed: bool,
+}
+
+/// A request sent, kept so it can be sent again with the same `Idempotency-Key`.
+#[derive(Clone)]
+struct Sent {
+    kind: Kind,
+    path: &'static str,
+    body: Value,
+    key: String,
 }
 
 #[derive(Default)]
 struct Known {
     leads: Vec<String>,
     opportunities: Vec<String>,
+    keyed: Vec<Sent>,
+}
+
+/// Recent ids are the likeliest to still be open, so closes pick among the last few.
+fn recent(ids: &[String], rng: &mut Rng) -> String {
+    let window = ids.len().min(12);
+    ids[ids.len() - 1 - rng.below(window)].clone()
 }
 
 fn plan(rng: &mut Rng, args: &Args, known: &Known, n: usize) -> (Kind, &'static str, Value) {
@@ -157,7 +177,8 @@ fn plan(rng: &mut Rng, args: &Args, known: &Known, n: usize) -> (Kind, &'static 
     if roll < 60 || pool_empty {
         let key = rng.below(args.keys);
         let owner = rng.below(args.owners);
-        let etb = rng.below(3) == 0;
+        // Mostly NTB, so leads (and their conversions) are exercised, not only opportunities.
+        let etb = rng.below(10) == 0;
         let body = json!({
             "customerType": if etb { "ETB" } else { "NTB" },
             "customer": { "idNumber": format!("RC{key:04}"), "cif": if etb { Some("CIF1") } else { None } },
@@ -167,11 +188,7 @@ fn plan(rng: &mut Rng, args: &Args, known: &Known, n: usize) -> (Kind, &'static 
         return (Kind::Create, CREATE, body);
     }
     let lead = known.opportunities.is_empty() || (!known.leads.is_empty() && rng.below(2) == 0);
-    let id = if lead {
-        known.leads[rng.below(known.leads.len())].clone()
-    } else {
-        known.opportunities[rng.below(known.opportunities.len())].clone()
-    };
+    let id = if lead { recent(&known.leads, rng) } else { recent(&known.opportunities, rng) };
     if roll < 80 {
         let body = if lead {
             json!({"leadId": id, "channel": "REPLICA_CHECK", "convertToOpportunity": rng.below(2) == 0})
@@ -203,22 +220,40 @@ async fn drive(args: &Args, bases: &[String]) -> Vec<Ack> {
             let (client, known, rng) = (client.clone(), known.clone(), rng.clone());
             let base = bases[n % bases.len()].clone();
             async move {
-                let (kind, path, body) = {
-                    let k = known.lock().unwrap();
-                    plan(&mut rng.lock().unwrap(), args, &k, n)
+                // A quarter of the requests carry an Idempotency-Key; half of those repeat an earlier one.
+                let (kind, path, body, key) = {
+                    let mut k = known.lock().unwrap();
+                    let mut rng = rng.lock().unwrap();
+                    let keyed = rng.below(4) == 0;
+                    if keyed && !k.keyed.is_empty() && rng.below(2) == 0 {
+                        let again = k.keyed[rng.below(k.keyed.len())].clone();
+                        (again.kind, again.path, again.body, Some(again.key))
+                    } else {
+                        let (kind, path, body) = plan(&mut rng, args, &k, n);
+                        let key = keyed.then(|| format!("rc-key-{n}"));
+                        if let Some(key) = &key {
+                            k.keyed.push(Sent { kind, path, body: body.clone(), key: key.clone() });
+                        }
+                        (kind, path, body, key)
+                    }
                 };
                 let request_id = format!("rc-{n}");
-                let sent = client
+                let mut request = client
                     .post(format!("{base}{path}"))
                     .header("x-request-id", &request_id)
                     .json(&body)
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .await;
-                let (status, body) = match sent {
-                    Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)),
-                    Err(_) => (0, Value::Null),
+                    .timeout(Duration::from_secs(60));
+                if let Some(key) = &key {
+                    request = request.header("idempotency-key", key);
+                }
+                let (status, replayed, text) = match request.send().await {
+                    Ok(r) => {
+                        let replayed = r.headers().contains_key("idempotent-replayed");
+                        (r.status().as_u16(), replayed, r.text().await.unwrap_or_default())
+                    }
+                    Err(_) => (0, false, String::new()),
                 };
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if kind == Kind::Create && (status == 200 || status == 201) {
                     let mut k = known.lock().unwrap();
                     let id = body["id"].as_str().unwrap_or_default().to_owned();
@@ -227,7 +262,7 @@ async fn drive(args: &Args, bases: &[String]) -> Vec<Ack> {
                         _ => k.opportunities.push(id),
                     }
                 }
-                Ack { kind, request_id, status, body }
+                Ack { kind, request_id, status, body, text, idempotency_key: key, replayed }
             }
         })
         .buffer_unordered(args.concurrency)
@@ -237,6 +272,7 @@ async fn drive(args: &Args, bases: &[String]) -> Vec<Ack> {
 
 #[derive(Clone)]
 struct HistoryRow {
+    at: time::OffsetDateTime,
     from: Option<String>,
     to: String,
     request_id: String,
@@ -271,6 +307,16 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
     let keys: i64 = sqlx::query_scalar("SELECT count(DISTINCT match_key) FROM records").fetch_one(pool).await?;
     counts.insert("keys checked for duplicate open records", keys as usize);
 
+    let backwards: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM records WHERE updated_at < created_at").fetch_one(pool).await?;
+    c.expect(backwards == 0, || format!("{backwards} records updated before they were created"));
+    let leads: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM records WHERE record_type = 'LEAD'").fetch_one(pool).await?;
+    counts.insert("leads in the database", leads as usize);
+    let converted: i64 = sqlx::query_scalar("SELECT count(*) FROM records WHERE converted_from_lead_id IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    counts.insert("opportunities converted from leads", converted as usize);
     let mut records: HashMap<String, (String, String, Option<String>, Option<String>)> = HashMap::new();
     for r in
         sqlx::query("SELECT id, record_type, status, converted_opportunity_id, converted_from_lead_id FROM records")
@@ -283,11 +329,12 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
         );
     }
     let mut history: HashMap<String, Vec<HistoryRow>> = HashMap::new();
-    for r in sqlx::query("SELECT record_id, from_status, to_status, request_id, reason FROM history ORDER BY seq")
+    for r in sqlx::query("SELECT record_id, at, from_status, to_status, request_id, reason FROM history ORDER BY seq")
         .fetch_all(pool)
         .await?
     {
         history.entry(r.get("record_id")).or_default().push(HistoryRow {
+            at: r.get("at"),
             from: r.get("from_status"),
             to: r.get("to_status"),
             request_id: r.get("request_id"),
@@ -303,9 +350,34 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
         c.expect(!h.is_empty() && h[0].from.is_none(), || format!("{id}: no creation entry"));
         for pair in h.windows(2) {
             c.expect(pair[1].from.as_deref() == Some(pair[0].to.as_str()), || format!("{id}: broken history chain"));
+            c.expect(pair[0].at <= pair[1].at, || format!("{id}: history goes back in time"));
             c.expect(pair[0].to.starts_with("New"), || format!("{id}: changed after a final status"));
         }
         c.expect(h.last().map(|e| &e.to) == Some(status), || format!("{id}: history does not end at {status}"));
+    }
+
+    // Idempotent repeats: once the first answer is known, every repeat is that answer, byte for byte, and
+    // no key ran more than once.
+    let mut first: HashMap<&str, &Ack> = HashMap::new();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    let in_use = |a: &Ack| a.body["code"] == "IDEMPOTENCY_KEY_IN_USE";
+    for ack in acks.iter().filter(|a| a.idempotency_key.is_some() && !a.replayed && a.status != 0 && !in_use(a)) {
+        let key = ack.idempotency_key.as_deref().unwrap_or_default();
+        first.entry(key).or_insert(ack);
+        *runs.entry(key).or_default() += 1;
+    }
+    for (key, n) in &runs {
+        c.expect(*n == 1, || format!("{key}: ran {n} times"));
+    }
+    for ack in acks.iter().filter(|a| a.replayed) {
+        *counts.entry("idempotent replays checked").or_default() += 1;
+        let key = ack.idempotency_key.as_deref().unwrap_or_default();
+        match first.get(key) {
+            Some(original) => c.expect(original.status == ack.status && original.text == ack.text, || {
+                format!("{}: replay of {key} differs from the first answer", ack.request_id)
+            }),
+            None => c.violations.push(format!("{}: replayed {key} but no request ran it", ack.request_id)),
+        }
     }
 
     for ack in acks {
@@ -334,6 +406,10 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
                 c.expect(h.iter().any(|e| e.to == reported), || {
                     format!("{id}: never had the reported status {reported}")
                 });
+                // A replay names what the original request did: checked through the original above.
+                if ack.replayed {
+                    continue;
+                }
                 if ack.status == 201 {
                     c.expect(h.first().is_some_and(|e| e.request_id == ack.request_id), || {
                         format!("{id}: not created by {}", ack.request_id)
