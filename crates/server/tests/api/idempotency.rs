@@ -119,38 +119,6 @@ async fn a_repeat_while_the_first_runs_is_409_in_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_racing_on_one_key_run_it_once() {
-    let a = spawn(Backend::Postgres).await;
-    let b = a.replica().await;
-    let body = ntb("IR1", "CARD", "RM001");
-    let calls = (0..30).map(|i| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        app.post_key(CREATE, "key-race", &body)
-    });
-    let answers = join_all(calls).await;
-    let mut ran = 0;
-    let mut bodies = Vec::new();
-    for r in answers {
-        let (s, replayed, _, text) = parts(r).await;
-        match (s, replayed.as_deref()) {
-            (201, None) => ran += 1,
-            (201, Some("true")) => bodies.push(text),
-            (409, None) => assert!(text.contains("IDEMPOTENCY_KEY_IN_USE"), "{text}"),
-            other => panic!("unexpected answer {other:?}: {text}"),
-        }
-    }
-    assert_eq!(ran, 1, "exactly one replica ran the request");
-    assert_eq!(a.search("IR1").await["leads"].as_array().unwrap().len(), 1);
-    // Whoever asks afterwards, on either replica, gets the one response.
-    let (_, _, _, from_a) = parts(a.post_key(CREATE, "key-race", &body).await).await;
-    let (_, replayed, _, from_b) = parts(b.post_key(CREATE, "key-race", &body).await).await;
-    assert_eq!((from_a.clone(), replayed.as_deref()), (from_b, Some("true")));
-    let v: Value = serde_json::from_str(&from_a).unwrap();
-    assert_eq!(v["result"], "CREATED");
-    assert!(bodies.iter().all(|b| *b == from_a));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_gives_up_still_gets_the_replay() {
     let app = spawn(Backend::Postgres).await;
     let lock = hold_key(&app.postgres_url().unwrap(), "IG1/CARD").await;
@@ -180,4 +148,37 @@ async fn a_client_that_gives_up_still_gets_the_replay() {
     assert_eq!((s, replayed.as_deref()), (201, Some("true")), "{text}");
     assert!(text.contains("CREATED"));
     assert_eq!(app.search("IG1").await["leads"].as_array().unwrap().len(), 1);
+}
+
+both_backends! {
+    // Two replicas on one database (for SQLite, two writers on one file, as two processes would be).
+    async fn two_replicas_racing_on_one_key_run_it_once(a: TestApp) {
+        let b = a.replica().await;
+        let body = ntb("IR1", "CARD", "RM001");
+        let calls = (0..30).map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            app.post_key(CREATE, "key-race", &body)
+        });
+        let answers = join_all(calls).await;
+        let mut ran = 0;
+        let mut bodies = Vec::new();
+        for r in answers {
+            let (s, replayed, _, text) = parts(r).await;
+            match (s, replayed.as_deref()) {
+                (201, None) => ran += 1,
+                (201, Some("true")) => bodies.push(text),
+                (409, None) => assert!(text.contains("IDEMPOTENCY_KEY_IN_USE"), "{text}"),
+                other => panic!("unexpected answer {other:?}: {text}"),
+            }
+        }
+        assert_eq!(ran, 1, "exactly one replica ran the request");
+        assert_eq!(a.search("IR1").await["leads"].as_array().unwrap().len(), 1);
+        // Whoever asks afterwards, on either replica, gets the one response.
+        let (_, _, _, from_a) = parts(a.post_key(CREATE, "key-race", &body).await).await;
+        let (_, replayed, _, from_b) = parts(b.post_key(CREATE, "key-race", &body).await).await;
+        assert_eq!((from_a.clone(), replayed.as_deref()), (from_b, Some("true")));
+        let v: Value = serde_json::from_str(&from_a).unwrap();
+        assert_eq!(v["result"], "CREATED");
+        assert!(bodies.iter().all(|b| *b == from_a));
+    }
 }
