@@ -12,6 +12,12 @@ use super::error::ApiError;
 /// The largest request body (SPEC §2): 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Whether the request declares (`Content-Length`) a body over the limit: refused before a byte is read.
+pub fn declared_too_large(headers: &axum::http::HeaderMap) -> bool {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    declared.is_some_and(|n| n > BODY_LIMIT as u64)
+}
+
 /// A JSON request body, checked for content type, size and syntax.
 pub struct JsonBody(pub Value);
 
@@ -39,8 +45,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             return Err(ApiError::UnsupportedMediaType);
         }
         // A declared length over the limit is refused before a byte of the body is read.
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        if declared_too_large(req.headers()) {
             return Err(ApiError::PayloadTooLarge);
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {

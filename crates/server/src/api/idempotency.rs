@@ -22,7 +22,7 @@ use store::{Backend, Claim, StoredResponse};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::BODY_LIMIT;
+use super::extract::{declared_too_large, BODY_LIMIT};
 use super::{request_id, AppState};
 use tracing::Instrument;
 
@@ -176,8 +176,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         None => key,
     };
     let (parts, body) = request.into_parts();
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+    if declared_too_large(&parts.headers) {
         return ApiError::PayloadTooLarge.into_response();
     }
     let bytes = match to_bytes(body, BODY_LIMIT).await {
