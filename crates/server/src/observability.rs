@@ -82,7 +82,15 @@ async fn timed<T>(
     let started = Instant::now();
     let result = call.await;
     let outcome = match &result {
-        Ok(_) | Err(StoreError::NotFound | StoreError::InvalidTransition { .. } | StoreError::UnknownOwner) => "ok",
+        Ok(_)
+        | Err(
+            StoreError::NotFound
+            | StoreError::InvalidTransition { .. }
+            | StoreError::UnknownOwner
+            | StoreError::Rejected { .. },
+        ) => "ok",
+        Err(StoreError::OutcomeUnknown(_)) => "unknown",
+        Err(StoreError::Misconfigured(_)) => "misconfigured",
         Err(StoreError::Unavailable { .. }) => "unavailable",
         Err(StoreError::Internal(_)) => "error",
     };

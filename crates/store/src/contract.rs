@@ -51,7 +51,7 @@ macro_rules! contract_suite {
 }
 
 pub fn ctx(request_id: &str) -> RequestContext {
-    RequestContext { request_id: request_id.into(), channel: Channel::parse("MOBILE_APP").unwrap(), reason: None }
+    RequestContext::new(request_id, Channel::parse("MOBILE_APP").unwrap(), None)
 }
 
 pub fn request(customer_type: CustomerType, id_number: &str, product: &str, owner: &str) -> CreateRequest {

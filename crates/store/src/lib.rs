@@ -21,12 +21,52 @@ pub use lifecycle::CreateRequest;
 #[cfg(feature = "contract")]
 pub mod contract;
 
-/// Who asked, for the history of every status change (SPEC §1).
+/// Who asked, for the history of every status change (SPEC §1), and the `Idempotency-Key` the request
+/// holds, if any: the store records the answer with the operation itself, in one transaction, so a failure
+/// between the two cannot let a retry run the operation again.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
     pub channel: Channel,
     pub reason: Option<Reason>,
+    pub idempotency: Option<Ticket>,
+}
+
+impl RequestContext {
+    pub fn new(request_id: impl Into<String>, channel: Channel, reason: Option<Reason>) -> Self {
+        Self { request_id: request_id.into(), channel, reason, idempotency: None }
+    }
+
+    /// The response to keep for this request's `Idempotency-Key`, rendered from `answer`; `None` without a key.
+    pub fn completion(&self, answer: Answer<'_>) -> Option<(&str, &str, StoredResponse)> {
+        self.idempotency.as_ref().map(|t| (t.key.as_str(), t.fingerprint.as_str(), (t.render)(answer)))
+    }
+}
+
+/// A successful operation's answer, as the HTTP layer renders it into the response an `Idempotency-Key`
+/// replays.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    Create(&'a CreateOutcome),
+    CloseWon(&'a CloseWonOutcome),
+    CloseLost(&'a RecordRef),
+}
+
+/// Renders an [`Answer`] into the exact bytes the HTTP layer sends for it.
+pub type Render = std::sync::Arc<dyn Fn(Answer<'_>) -> StoredResponse + Send + Sync>;
+
+/// A claimed `Idempotency-Key` (see [`Idempotency::claim`]) and how to render the answer to keep for it.
+#[derive(Clone)]
+pub struct Ticket {
+    pub key: String,
+    pub fingerprint: String,
+    pub render: Render,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 /// The answer to a create (SPEC §2.1).
@@ -134,6 +174,18 @@ pub enum StoreError {
     /// The backend does not know this relationship manager's code. HTTP 422 naming `ownerId`.
     #[error("unknown owner")]
     UnknownOwner,
+    /// The CRM refused the request's data (a validation rule, a duplicate rule, a restricted picklist value
+    /// the request chose); nothing was changed. HTTP 422 `CRM_REJECTED` naming the CRM's `code`.
+    #[error("the CRM rejected the request: {code}")]
+    Rejected { code: String, field: Option<String>, message: String },
+    /// The CRM refused because of this service's own configuration (a field or picklist value the org lacks,
+    /// missing permissions); nothing was changed. HTTP 502 `CRM_ERROR`; the details go to the log.
+    #[error("the CRM refused the service's configuration")]
+    Misconfigured(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A write was sent and its outcome could not be established, even by reading back: it may or may not
+    /// have taken effect. HTTP 504 `CRM_OUTCOME_UNKNOWN`; a retry with the same `Idempotency-Key` is safe.
+    #[error("the outcome of a write is unknown")]
+    OutcomeUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend is down, overloaded or rate-limited; nothing was changed. HTTP 503 `BACKEND_UNAVAILABLE`
     /// with `Retry-After`.
     #[error("backend unavailable")]
@@ -238,3 +290,66 @@ pub trait Idempotency: Send + Sync + 'static {
 pub trait Backend: Store + Idempotency {}
 
 impl<T: Store + Idempotency> Backend for T {}
+
+/// One history entry as a CRM backend keeps it beside the CRM: the record it belongs to and its matching key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub record_id: RecordId,
+    pub record_type: RecordType,
+    /// The matching key the record belongs to ([`lifecycle::MatchKey::expose`]).
+    pub match_key: String,
+    pub entry: HistoryEntry,
+}
+
+/// An exclusive hold on one matching key, across every replica that shares the local store. Released when
+/// dropped; a holder that dies loses it when its lease ends (SQLite) or its session closes (PostgreSQL).
+pub struct KeyLock {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl KeyLock {
+    /// A hold that runs `release` when dropped (the closure must not block: spawn what needs I/O).
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        Self { release: Some(Box::new(release)) }
+    }
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLock")
+    }
+}
+
+/// What a CRM backend (Salesforce) keeps in a local store beside the CRM, for what the CRM cannot hold:
+/// idempotency keys, the service's own audit history, and the per-key locks that serialize the replicas.
+/// The embedded SQLite and the PostgreSQL adapters implement it next to [`Store`].
+#[async_trait]
+pub trait Sidecar: Idempotency {
+    /// Takes the exclusive hold on `key`, waiting at most `wait` for another holder (then `Unavailable`).
+    /// `lease` bounds how long a holder that died keeps others out.
+    async fn lock_key(&self, key: &str, lease: Duration, wait: Duration) -> Result<KeyLock, StoreError>;
+
+    /// Appends `entries` and, when given, completes an idempotency key with its response, in one transaction.
+    async fn record(
+        &self,
+        entries: &[AuditEntry],
+        completion: Option<(&str, &str, StoredResponse)>,
+    ) -> Result<(), StoreError>;
+
+    /// The history of `record_id`, oldest first (empty for a record the service never changed).
+    async fn history(&self, record_id: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// The matching key of a record the service has written, if any.
+    async fn key_of(&self, record_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Whether the local store answers.
+    async fn sidecar_ready(&self) -> Result<(), StoreError>;
+}

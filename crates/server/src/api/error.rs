@@ -97,6 +97,16 @@ pub enum ApiError {
     /// 503 `OVERLOADED`: too many requests in flight; shed at once rather than queued. Sets `Retry-After`.
     #[error("overloaded")]
     Overloaded,
+    /// 422 `CRM_REJECTED`: the CRM refused the request's data (a validation or duplicate rule of the org);
+    /// `errors` names the CRM's error code (and the request field, when the CRM named one we map).
+    #[error("rejected by the CRM: {code}")]
+    CrmRejected { code: String, field: Option<String>, message: String },
+    /// 502 `CRM_ERROR`: the CRM refused because of this service's configuration; details only in the log.
+    #[error("CRM configuration error")]
+    CrmError,
+    /// 504 `CRM_OUTCOME_UNKNOWN`: a write reached the CRM and its outcome could not be established.
+    #[error("CRM outcome unknown")]
+    OutcomeUnknown,
     /// 503 `BACKEND_UNAVAILABLE`: the store is down or overloaded; nothing was changed. Sets `Retry-After`.
     #[error("backend unavailable")]
     Unavailable { retry_after: Duration },
@@ -127,6 +137,9 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", "Idempotency key reused")
             }
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE", "Backend unavailable"),
+            Self::CrmRejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "CRM_REJECTED", "Rejected by the CRM"),
+            Self::CrmError => (StatusCode::BAD_GATEWAY, "CRM_ERROR", "CRM configuration error"),
+            Self::OutcomeUnknown => (StatusCode::GATEWAY_TIMEOUT, "CRM_OUTCOME_UNKNOWN", "CRM outcome unknown"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "Rate limited"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "Overloaded"),
@@ -158,6 +171,15 @@ impl ApiError {
                 "This Idempotency-Key was already used for a different request (method, path or body).".into()
             }
             Self::Unavailable { .. } => "The CRM backend is unavailable; nothing was changed. Retry later.".into(),
+            Self::CrmRejected { code, message, .. } => {
+                format!("The CRM refused the request's data ({code}): {message}. Nothing was changed.")
+            }
+            Self::CrmError => "The CRM refused the request because of this service's configuration; nothing was \
+                changed. The details are in the service's log under this request id."
+                .into(),
+            Self::OutcomeUnknown => "The CRM did not confirm the change in time; it may or may not have taken \
+                effect. Retry with the same Idempotency-Key."
+                .into(),
             Self::RateLimited { .. } => {
                 "This channel is over its request rate; retry after Retry-After seconds.".into()
             }
@@ -184,6 +206,18 @@ impl ApiError {
             StoreError::Unavailable { retry_after, source } => {
                 tracing::warn!(error = %error_chain(&*source), "store unavailable");
                 Self::Unavailable { retry_after }
+            }
+            StoreError::Rejected { code, field, message } => {
+                tracing::info!(crm_code = %code, "the CRM rejected the request's data");
+                Self::CrmRejected { code, field, message }
+            }
+            StoreError::Misconfigured(source) => {
+                tracing::error!(error = %error_chain(&*source), "the CRM refused the service's configuration");
+                Self::CrmError
+            }
+            StoreError::OutcomeUnknown(source) => {
+                tracing::error!(error = %error_chain(&*source), "outcome of a CRM write unknown");
+                Self::OutcomeUnknown
             }
             StoreError::Internal(source) => {
                 // Display only: a database error's Debug can carry row values (personal data).
@@ -217,6 +251,9 @@ impl IntoResponse for ApiError {
             code: code.into(),
             errors: match &self {
                 Self::Validation(errors) => errors.clone(),
+                Self::CrmRejected { code, field, .. } => {
+                    vec![FieldError::new(field.clone().unwrap_or_else(|| "crm".into()), code.clone())]
+                }
                 _ => Vec::new(),
             },
             request_id: request_id::current().unwrap_or_default(),

@@ -27,7 +27,7 @@ pub struct IdempotencyKeyHeader {
 }
 
 fn context(channel: lifecycle::Channel, reason: Option<lifecycle::Reason>) -> RequestContext {
-    RequestContext { request_id: request_id::current().unwrap_or_default(), channel, reason }
+    RequestContext::new(request_id::current().unwrap_or_default(), channel, reason)
 }
 
 fn what(record_type: RecordType) -> &'static str {
