@@ -1,10 +1,15 @@
 //! Idempotency keys in the embedded store. Every call is a writer job, so claims are serialized with
 //! everything else and durable before they are answered.
+//!
+//! A completion lands only on the claim it belongs to: the same key and fingerprint, still running. So a
+//! response an operation recorded in its own transaction (see [`answer`]) is never overwritten by a later
+//! `complete`, and a claim taken over by a retry after its lease ended is not completed by the old holder's
+//! late answer twice.
 
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension, Transaction};
-use store::{Claim, StoreError, StoredResponse};
+use store::{Answer, Claim, RequestContext, StoreError, StoredResponse};
 use time::OffsetDateTime;
 
 use crate::read::{error, format_time};
@@ -71,11 +76,25 @@ pub(crate) fn complete(
     tx.prepare_cached(
         "UPDATE idempotency_keys
          SET state = 'done', locked_until = NULL, status = ?3, content_type = ?4, location = ?5, body = ?6
-         WHERE key = ?1 AND fingerprint = ?2",
+         WHERE key = ?1 AND fingerprint = ?2 AND state = 'running'",
     )
     .and_then(|mut s| s.execute(params![key, fingerprint, r.status, r.content_type, r.location, r.body]))
     .map_err(error)?;
     Ok(())
+}
+
+/// Completes the request's own key (if it holds one) with `answer`, inside the operation's transaction: the
+/// changes and the response to replay commit together, or neither does.
+///
+/// The rendering runs on the writer thread, which every request shares: a render that panics fails this
+/// job alone instead of the writer.
+pub(crate) fn answer(tx: &Transaction<'_>, ctx: &RequestContext, answer: Answer<'_>) -> Result<(), StoreError> {
+    let completion = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.completion(answer)))
+        .map_err(|_| StoreError::internal("rendering the idempotent answer panicked"))?;
+    match completion {
+        Some((key, fingerprint, response)) => complete(tx, key, fingerprint, &response),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn release(tx: &Transaction<'_>, key: &str, fingerprint: &str) -> Result<(), StoreError> {

@@ -11,11 +11,17 @@
 //!   in the batch, so nothing acknowledged is lost.
 //! - **Readers** use their own connections (WAL lets them run beside the writer) on the blocking pool.
 //! - **The database is the final guard**: a partial unique index refuses a second open record per key.
+//! - **A CRM backend's sidecar.** The same file can hold what a CRM backend keeps beside the CRM (audit
+//!   history, idempotency keys, per-key lease locks): see the `sidecar` module.
+//! - **An operation keeps its own idempotent answer.** When the request holds an `Idempotency-Key`, the job
+//!   that runs the operation also completes the key with the rendered response, in the same savepoint, so a
+//!   crash between the two cannot exist and a retry can never run the operation again.
 
 mod idempotency;
 mod ops;
 mod read;
 mod schema;
+mod sidecar;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,8 +33,8 @@ use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use rusqlite::{Connection, OpenFlags};
 use store::{
-    Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory, RequestContext,
-    SearchResult, Store, StoreError, StoredResponse,
+    Answer, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory,
+    RequestContext, SearchResult, Store, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -74,6 +80,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<writer::Job>,
     readers: Arc<read::Readers>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The in-process side of [`store::Sidecar::lock_key`].
+    local_locks: sidecar::LocalLocks,
 }
 
 fn connect(path: &Path) -> Result<Connection, OpenError> {
@@ -124,7 +132,7 @@ impl SqliteStore {
             .spawn(move || writer::run(conn, queue, settings))
             .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let readers = Arc::new(read::Readers::new(config.path.clone()));
-        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)) })
+        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)), local_locks: Default::default() })
     }
 
     /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
@@ -167,7 +175,12 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         let (request, ctx) = (request.clone(), ctx.clone());
-        self.submit(move |tx, s| ops::create(tx, &request, &ctx, s.matching, OffsetDateTime::now_utc())).await
+        self.submit(move |tx, s| {
+            let outcome = ops::create(tx, &request, &ctx, s.matching, OffsetDateTime::now_utc())?;
+            idempotency::answer(tx, &ctx, Answer::Create(&outcome))?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn close_won(
@@ -178,7 +191,12 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(move |tx, _| ops::close_won(tx, record_type, &id, convert, &ctx, OffsetDateTime::now_utc())).await
+        self.submit(move |tx, _| {
+            let outcome = ops::close_won(tx, record_type, &id, convert, &ctx, OffsetDateTime::now_utc())?;
+            idempotency::answer(tx, &ctx, Answer::CloseWon(&outcome))?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn close_lost(
@@ -188,7 +206,12 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(move |tx, _| ops::close_lost(tx, record_type, &id, &ctx, OffsetDateTime::now_utc())).await
+        self.submit(move |tx, _| {
+            let outcome = ops::close_lost(tx, record_type, &id, &ctx, OffsetDateTime::now_utc())?;
+            idempotency::answer(tx, &ctx, Answer::CloseLost(&outcome))?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {

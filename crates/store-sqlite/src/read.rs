@@ -115,7 +115,7 @@ fn record(r: &Row<'_>) -> Result<Record, StoreError> {
     })
 }
 
-fn history_entry(r: &Row<'_>) -> Result<HistoryEntry, StoreError> {
+pub(crate) fn history_entry(r: &Row<'_>) -> Result<HistoryEntry, StoreError> {
     let bad = StoreError::internal;
     Ok(HistoryEntry {
         from: opt(r.get(0).map_err(error)?, Status::parse)?,

@@ -11,6 +11,7 @@ use crate::OpenError;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_records", include_str!("../migrations/0001_records.sql")),
     ("0002_idempotency", include_str!("../migrations/0002_idempotency.sql")),
+    ("0003_sidecar", include_str!("../migrations/0003_sidecar.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {

@@ -11,7 +11,10 @@ use lifecycle::*;
 
 use std::time::Duration;
 
-use crate::{Backend, Claim, RequestContext, Store, StoreError, StoredResponse};
+use crate::{
+    Answer, AuditEntry, Backend, Claim, HistoryEntry, RequestContext, Sidecar, Store, StoreError, StoredResponse,
+    Ticket,
+};
 
 /// Expands to one `#[tokio::test]` per contract case, each on a fresh store from `$make`
 /// (`async fn() -> (Arc<dyn Backend>, impl Any)`; the second value is kept alive for the test).
@@ -37,6 +40,9 @@ macro_rules! contract_suite {
             idempotency_claim_replay_mismatch,
             idempotency_leases_and_expiry,
             idempotency_concurrent_claims,
+            operations_record_their_idempotent_answer,
+            unchanged_answers_are_recorded_too,
+            refusals_and_foreign_tickets_record_nothing,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -428,4 +434,286 @@ pub async fn idempotency_concurrent_claims(store: Arc<dyn Backend>) {
         }
     }
     assert_eq!(proceed, 1, "exactly one request runs");
+}
+
+/// A stand-in for the HTTP layer's rendering: every answer gets distinct bytes (its full debug text), so a
+/// replay equal to the rendering proves the store kept exactly what this render produced for that answer.
+fn render(answer: Answer<'_>) -> StoredResponse {
+    let (status, location) = match answer {
+        Answer::Create(o) if o.result != CreateResult::Existing => (201, Some(format!("/records/{}", o.id))),
+        _ => (200, None),
+    };
+    StoredResponse {
+        status,
+        content_type: Some("application/json".into()),
+        location,
+        body: format!("{answer:?}\u{e9}").into_bytes(),
+    }
+}
+
+/// A context holding the claimed `key` for `fingerprint`, rendered by [`render`].
+fn with_ticket(request_id: &str, key: &str, fingerprint: &str) -> RequestContext {
+    let mut c = ctx(request_id);
+    c.idempotency = Some(Ticket { key: key.into(), fingerprint: fingerprint.into(), render: Arc::new(render) });
+    c
+}
+
+/// Claims `key`, runs `op` with a ticket for it, and checks that a second claim replays exactly what the
+/// ticket rendered for the answer, although nobody called `complete`.
+async fn claim_run_replay<T, F, Fut>(store: &Arc<dyn Backend>, key: &str, op: F) -> T
+where
+    F: FnOnce(RequestContext) -> Fut,
+    Fut: std::future::Future<Output = (T, StoredResponse)>,
+{
+    assert_eq!(store.claim(key, "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed, "{key}");
+    let (outcome, expected) = op(with_ticket(key, key, "fp")).await;
+    assert_eq!(store.claim(key, "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(expected), "{key}");
+    outcome
+}
+
+pub async fn operations_record_their_idempotent_answer(store: Arc<dyn Backend>) {
+    let s = store.clone();
+    let lead = claim_run_replay(&store, "k-create", |c| async move {
+        let o = s.create(&ntb("RM001"), &c).await.unwrap();
+        assert_eq!(o.result, CreateResult::Created);
+        let r = render(Answer::Create(&o));
+        (o, r)
+    })
+    .await;
+    let s = store.clone();
+    let won = claim_run_replay(&store, "k-won", |c| async move {
+        let o = s.close_won(RecordType::Lead, &lead.id, true, &c).await.unwrap();
+        assert!(o.opportunity.is_some(), "converted");
+        let r = render(Answer::CloseWon(&o));
+        (o, r)
+    })
+    .await;
+    let opp = store.create(&etb("RM001"), &ctx("r-etb")).await.unwrap();
+    let s = store.clone();
+    claim_run_replay(&store, "k-lost", |c| async move {
+        let o = s.close_lost(RecordType::Opportunity, &opp.id, &c).await.unwrap();
+        let r = render(Answer::CloseLost(&o));
+        (o, r)
+    })
+    .await;
+    // The operations ran once each: the replays above changed nothing.
+    let all = store.search(&IdNumber::parse("079123456789").unwrap(), None).await.unwrap();
+    assert_eq!((all.leads.len(), all.opportunities.len()), (1, 2), "{all:?}");
+    assert_eq!(won.lead.unwrap().status, Status::CloseWon);
+    // What the operation kept is not overwritten by a late `complete` of the same request.
+    store.complete("k-create", "fp", &response("late")).await.unwrap();
+    assert!(matches!(store.claim("k-create", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r) if r.status == 201));
+}
+
+pub async fn unchanged_answers_are_recorded_too(store: Arc<dyn Backend>) {
+    let lead = store.create(&ntb("RM001"), &ctx("r1")).await.unwrap();
+    let (s, id) = (store.clone(), lead.id.clone());
+    claim_run_replay(&store, "k-existing", |c| async move {
+        let o = s.create(&ntb("RM001"), &c).await.unwrap();
+        assert_eq!((o.result, o.id.as_str()), (CreateResult::Existing, id.as_str()));
+        let r = render(Answer::Create(&o));
+        (o, r)
+    })
+    .await;
+    store.close_won(RecordType::Lead, &lead.id, true, &ctx("r2")).await.unwrap();
+    let s = store.clone();
+    let id = lead.id.clone();
+    claim_run_replay(&store, "k-already-won", |c| async move {
+        let o = s.close_won(RecordType::Lead, &id, true, &c).await.unwrap();
+        let r = render(Answer::CloseWon(&o));
+        (o, r)
+    })
+    .await;
+    let opp = store.create(&etb("RM001"), &ctx("r3")).await.unwrap();
+    store.close_lost(RecordType::Opportunity, &opp.id, &ctx("r4")).await.unwrap();
+    let s = store.clone();
+    claim_run_replay(&store, "k-already-lost", |c| async move {
+        let o = s.close_lost(RecordType::Opportunity, &opp.id, &c).await.unwrap();
+        let r = render(Answer::CloseLost(&o));
+        (o, r)
+    })
+    .await;
+    let h = store.get(RecordType::Lead, &lead.id).await.unwrap().unwrap().history;
+    assert_eq!(h.len(), 2, "the unchanged answers changed no record");
+}
+
+pub async fn refusals_and_foreign_tickets_record_nothing(store: Arc<dyn Backend>) {
+    // A refusal is not the store's to keep (the HTTP layer completes the key with its problem response).
+    assert_eq!(store.claim("k-404", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    let missing = store.close_lost(RecordType::Lead, "no-such-id", &with_ticket("r1", "k-404", "fp")).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+    assert_eq!(store.claim("k-404", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
+    // A ticket only completes the claim it names: the same key for another request is left alone, and an
+    // unclaimed key is not created.
+    assert_eq!(store.claim("k-other", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    store.create(&ntb("RM001"), &with_ticket("r2", "k-other", "fp-b")).await.unwrap();
+    assert_eq!(store.claim("k-other", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    store.create(&ntb("RM001"), &with_ticket("r3", "k-unclaimed", "fp")).await.unwrap();
+    assert_eq!(store.claim("k-unclaimed", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+}
+
+/// Expands to one `#[tokio::test]` per case of the [`Sidecar`] contract. `$make` is
+/// `async fn() -> (Arc<dyn Sidecar>, G)` (a fresh, empty store and what keeps it alive); `$replica` is
+/// `async fn(&G) -> Arc<dyn Sidecar>`, a second store on the same database, as another replica would open.
+#[macro_export]
+macro_rules! sidecar_suite {
+    ($make:path, $replica:path) => {
+        $crate::sidecar_suite!(@cases $make, $replica;
+            sidecar_lock_excludes,
+            sidecar_dropped_lock_frees_the_key_promptly,
+            sidecar_lock_excludes_across_replicas,
+            sidecar_record_and_history_round_trip,
+            sidecar_record_completes_the_key,
+            sidecar_key_of,
+        );
+    };
+    (@cases $make:path, $replica:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, guard) = $make().await;
+                let replica = $replica(&guard).await;
+                $crate::contract::$case(store, replica).await;
+            }
+        )*
+    };
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+const NO_WAIT: Duration = Duration::from_millis(200);
+
+/// Whether `lock_key` on `key` is refused as unavailable after waiting (about) `NO_WAIT`.
+async fn refused(store: &dyn Sidecar, key: &str) -> bool {
+    let started = std::time::Instant::now();
+    match store.lock_key(key, LEASE, NO_WAIT).await {
+        Err(StoreError::Unavailable { .. }) => {
+            assert!(started.elapsed() >= NO_WAIT, "gave up before the wait: {:?}", started.elapsed());
+            assert!(started.elapsed() < NO_WAIT * 10, "waited far longer than asked: {:?}", started.elapsed());
+            true
+        }
+        Ok(_) => false,
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+}
+
+pub async fn sidecar_lock_excludes(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
+    let held = store.lock_key("079123456789/CREDIT_CARD", LEASE, NO_WAIT).await.unwrap();
+    assert!(refused(&*store, "079123456789/CREDIT_CARD").await, "a second holder of one key");
+    // Other keys are not blocked.
+    let other = store.lock_key("079123456789/LOAN", LEASE, NO_WAIT).await.unwrap();
+    let third = store.lock_key("OTHER/CREDIT_CARD", LEASE, NO_WAIT).await.unwrap();
+    drop(held);
+    let again = store.lock_key("079123456789/CREDIT_CARD", LEASE, Duration::from_secs(5)).await.unwrap();
+    assert!(refused(&*store, "079123456789/LOAN").await, "the other key is still held");
+    drop((other, third, again));
+}
+
+pub async fn sidecar_dropped_lock_frees_the_key_promptly(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
+    let held = store.lock_key("k", LEASE, NO_WAIT).await.unwrap();
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let lock = store.lock_key("k", LEASE, Duration::from_secs(10)).await.unwrap();
+            (lock, std::time::Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the waiter got a held key");
+    let dropped = std::time::Instant::now();
+    drop(held);
+    let (_lock, got) = waiter.await.unwrap();
+    assert!(got - dropped < Duration::from_secs(1), "the key was freed {:?} after the drop", got - dropped);
+    // Many holders one after another, each released by drop: no hold outlives its guard.
+    for _ in 0..20 {
+        drop(store.lock_key("quick", LEASE, Duration::from_secs(2)).await.unwrap());
+    }
+}
+
+pub async fn sidecar_lock_excludes_across_replicas(a: Arc<dyn Sidecar>, b: Arc<dyn Sidecar>) {
+    let held = a.lock_key("shared", LEASE, NO_WAIT).await.unwrap();
+    assert!(refused(&*b, "shared").await, "another replica took a held key");
+    drop(b.lock_key("elsewhere", LEASE, NO_WAIT).await.unwrap());
+    drop(held);
+    drop(b.lock_key("shared", LEASE, Duration::from_secs(5)).await.unwrap());
+    // Both replicas hammering one key: never two holders at once.
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let inside = inside.clone();
+            tokio::spawn(async move {
+                let _lock = store.lock_key("contended", LEASE, Duration::from_secs(30)).await.unwrap();
+                assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0, "two holders at once");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn audit(record_id: &str, key: &str, from: Option<Status>, to: Status, at_micros: i64, request_id: &str) -> AuditEntry {
+    AuditEntry {
+        record_id: record_id.into(),
+        record_type: RecordType::Lead,
+        match_key: key.into(),
+        entry: HistoryEntry {
+            from,
+            to,
+            at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                1_700_000_000_000_000_000 + i128::from(at_micros) * 1000,
+            )
+            .unwrap(),
+            request_id: request_id.into(),
+            channel: Channel::parse("MOBILE_APP").unwrap(),
+            reason: (to == Status::CloseLost).then(|| Reason::parse("NCB_REJECTED").unwrap()),
+        },
+    }
+}
+
+pub async fn sidecar_record_and_history_round_trip(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
+    let created = audit("006A", "K1", None, Status::NewLead, 123_456, "r1");
+    let other = audit("006B", "K1", None, Status::NewLead, 200_000, "r1");
+    store.record(&[created.clone(), other.clone()], None).await.unwrap();
+    let lost = audit("006A", "K1", Some(Status::NewLead), Status::CloseLost, 1_000_001, "r2");
+    store.record(std::slice::from_ref(&lost), None).await.unwrap();
+    assert_eq!(store.history("006A").await.unwrap(), vec![created.entry, lost.entry], "oldest first, exact");
+    assert_eq!(store.history("006B").await.unwrap(), vec![other.entry]);
+    assert_eq!(store.history("never-changed").await.unwrap(), vec![]);
+    store.record(&[], None).await.unwrap();
+    store.sidecar_ready().await.unwrap();
+}
+
+pub async fn sidecar_record_completes_the_key(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
+    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    let r = response("{\"id\":\"006A\"}");
+    let entry = audit("006A", "K1", None, Status::NewLead, 0, "r1");
+    store.record(std::slice::from_ref(&entry), Some(("k", "fp", r.clone()))).await.unwrap();
+    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
+    assert_eq!(store.history("006A").await.unwrap().len(), 1);
+    // Only the claim it names: another request's fingerprint, or a key already answered, is left alone.
+    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    store.record(&[], Some(("k2", "fp-b", response("no")))).await.unwrap();
+    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    store.record(&[], Some(("k", "fp", response("late")))).await.unwrap();
+    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
+}
+
+pub async fn sidecar_key_of(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
+    assert_eq!(store.key_of("006A").await.unwrap(), None);
+    store
+        .record(
+            &[
+                audit("006A", "079123456789/CREDIT_CARD", None, Status::NewLead, 0, "r1"),
+                audit("006B", "OTHER/LOAN", None, Status::NewLead, 1, "r1"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.key_of("006A").await.unwrap().as_deref(), Some("079123456789/CREDIT_CARD"));
+    assert_eq!(store.key_of("006B").await.unwrap().as_deref(), Some("OTHER/LOAN"));
+    assert_eq!(store.key_of("006C").await.unwrap(), None);
 }
