@@ -304,19 +304,21 @@ pub struct AuditEntry {
 /// An exclusive hold on one matching key, across every replica that shares the local store. Released when
 /// dropped; a holder that dies loses it when its lease ends (SQLite) or its session closes (PostgreSQL).
 pub struct KeyLock {
-    release: Option<Box<dyn FnOnce() + Send>>,
+    // In a mutex so the hold is `Sync` (it lives across awaits) whatever the closure captures.
+    release: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl KeyLock {
     /// A hold that runs `release` when dropped (the closure must not block: spawn what needs I/O).
     pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
-        Self { release: Some(Box::new(release)) }
+        Self { release: std::sync::Mutex::new(Some(Box::new(release))) }
     }
 }
 
 impl Drop for KeyLock {
     fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
+        let release = self.release.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(release) = release {
             release();
         }
     }

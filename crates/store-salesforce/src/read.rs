@@ -1,0 +1,131 @@
+//! Reads: one record with its history (one call; the history is the service's own, from the local
+//! store), and a customer's records (one call, plus an owner lookup when the cache lacks an owner).
+
+use std::collections::HashMap;
+
+use lifecycle::{IdNumber, Product, RecordType};
+use serde_json::Value;
+use store::{RecordWithHistory, SearchResult, StoreError};
+
+use crate::client::{Label, Repeat};
+use crate::composite::Composite;
+use crate::records::{self, customer_filter, select, to_record};
+use crate::soql::{is_record_id, literal, sobject};
+use crate::SalesforceStore;
+
+pub(crate) async fn get(
+    s: &SalesforceStore,
+    record_type: RecordType,
+    id: &str,
+) -> Result<Option<RecordWithHistory>, StoreError> {
+    if !is_record_id(record_type, id) {
+        return Ok(None);
+    }
+    let client = &s.client;
+    let field = &s.config.owner_user_field;
+    let mut c = Composite::new(false);
+    c.query(
+        client,
+        "rec",
+        &format!("SELECT {} FROM {} WHERE Id = {}", select(&s.config, record_type), sobject(record_type), literal(id)),
+    );
+    // The owner's RM code rides in the same call, by reference to the record's OwnerId.
+    c.query(client, "owner", &format!("SELECT Id, {field} FROM User WHERE Id = '@{{rec.records[0].OwnerId}}'"));
+    if record_type == RecordType::Opportunity {
+        c.query(client, "src", &format!("SELECT Id FROM Lead WHERE ConvertedOpportunityId = {} LIMIT 1", literal(id)));
+    }
+    let parts = c.send(client, Label { operation: "get", step: "read" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
+    let Some(record) = parts[0].records().map_err(|e| s.error(e))?.into_iter().next() else {
+        return Ok(None);
+    };
+    // A failed owner lookup (a queue owns the record) leaves the org's id in ownerId.
+    let owner = parts[1].records().ok().and_then(|users| users.into_iter().next()).and_then(|u| {
+        let code = u.get(field.as_str()).and_then(Value::as_str)?.to_owned();
+        s.owners.remember_user(u.get("Id").and_then(Value::as_str)?, &code);
+        Some(code)
+    });
+    let source = parts
+        .get(2)
+        .and_then(|p| p.records().ok())
+        .and_then(|r| r.into_iter().next())
+        .and_then(|l| records::id(&l).map(str::to_owned));
+    let history = s.sidecar.history(id).await?;
+    Ok(Some(RecordWithHistory { record: to_record(&s.config, record_type, &record, owner, source), history }))
+}
+
+pub(crate) async fn search(
+    s: &SalesforceStore,
+    id_number: &IdNumber,
+    product: Option<&Product>,
+) -> Result<SearchResult, StoreError> {
+    let client = &s.client;
+    let filter = customer_filter(&s.config, id_number, product);
+    let mut c = Composite::new(false);
+    for t in [RecordType::Lead, RecordType::Opportunity] {
+        c.query(
+            client,
+            sobject(t),
+            &format!(
+                "SELECT {} FROM {} WHERE {filter} ORDER BY CreatedDate DESC, Id DESC LIMIT 200",
+                select(&s.config, t),
+                sobject(t)
+            ),
+        );
+    }
+    let parts =
+        c.send(client, Label { operation: "search", step: "read" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
+    let leads = parts[0].records().map_err(|e| s.error(e))?;
+    let opportunities = parts[1].records().map_err(|e| s.error(e))?;
+    let codes = owner_codes(s, leads.iter().chain(&opportunities)).await?;
+    let code = |r: &Value| records::owner_user(r).and_then(|u| codes.get(u).cloned());
+    let source: HashMap<&str, &str> = leads
+        .iter()
+        .filter_map(|l| Some((l.get("ConvertedOpportunityId").and_then(Value::as_str)?, records::id(l)?)))
+        .collect();
+    Ok(SearchResult {
+        leads: leads.iter().map(|r| to_record(&s.config, RecordType::Lead, r, code(r), None)).collect(),
+        opportunities: opportunities
+            .iter()
+            .map(|r| {
+                let from = records::id(r).and_then(|id| source.get(id)).map(|s| (*s).to_owned());
+                to_record(&s.config, RecordType::Opportunity, r, code(r), from)
+            })
+            .collect(),
+    })
+}
+
+/// RM codes of the records' owners: from the cache, and the rest in one lookup.
+async fn owner_codes<'a>(
+    s: &SalesforceStore,
+    records: impl Iterator<Item = &'a Value>,
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut codes = HashMap::new();
+    let mut missing = Vec::new();
+    for user in records.filter_map(records::owner_user) {
+        match s.owners.code_for(user) {
+            Some(code) => {
+                codes.insert(user.to_owned(), code);
+            }
+            None if user.starts_with("005") && !missing.contains(&user) => missing.push(user),
+            None => {}
+        }
+    }
+    if missing.is_empty() {
+        return Ok(codes);
+    }
+    let field = &s.config.owner_user_field;
+    let ids = missing.iter().map(|u| literal(u)).collect::<Vec<_>>().join(", ");
+    let mut c = Composite::new(false);
+    c.query(&s.client, "owners", &format!("SELECT Id, {field} FROM User WHERE Id IN ({ids})"));
+    let parts =
+        c.send(&s.client, Label { operation: "search", step: "lookup" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
+    for u in parts[0].records().map_err(|e| s.error(e))? {
+        if let (Some(id), Some(code)) =
+            (u.get("Id").and_then(Value::as_str), u.get(field.as_str()).and_then(Value::as_str))
+        {
+            s.owners.remember_user(id, code);
+            codes.insert(id.to_owned(), code.to_owned());
+        }
+    }
+    Ok(codes)
+}

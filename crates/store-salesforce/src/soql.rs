@@ -1,0 +1,93 @@
+//! SOQL text: string literals escaped as SOQL defines them, record ids checked before they reach a query,
+//! and query URLs that keep composite references (`@{ref.records[0].Id}`) intact.
+
+use lifecycle::RecordType;
+
+/// A SOQL string literal, quotes included. Backslash escapes per the SOQL reference, so no value can close
+/// the literal early.
+pub(crate) fn literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The sObject a record type lives in.
+pub(crate) fn sobject(record_type: RecordType) -> &'static str {
+    match record_type {
+        RecordType::Lead => "Lead",
+        RecordType::Opportunity => "Opportunity",
+    }
+}
+
+/// Whether `id` can be a Salesforce id of that type: 15 or 18 letters and digits with the object's key
+/// prefix (`00Q` Lead, `006` Opportunity). Anything else is unknown without asking the org, which also
+/// keeps arbitrary text out of queries.
+pub(crate) fn is_record_id(record_type: RecordType, id: &str) -> bool {
+    let prefix = match record_type {
+        RecordType::Lead => "00Q",
+        RecordType::Opportunity => "006",
+    };
+    (id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric()) && id.starts_with(prefix)
+}
+
+/// The `q=` parameter of a query URL, percent-encoded except for composite references, which the org
+/// resolves in the URL before running the query.
+pub(crate) fn encode_query(soql: &str) -> String {
+    let mut out = String::new();
+    let mut rest = soql;
+    while let Some(start) = rest.find("@{") {
+        let Some(len) = rest[start..].find('}') else { break };
+        out.extend(url::form_urlencoded::byte_serialize(rest[..start].as_bytes()));
+        out.push_str(&rest[start..start + len + 1]);
+        rest = &rest[start + len + 1..];
+    }
+    out.extend(url::form_urlencoded::byte_serialize(rest.as_bytes()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_cannot_be_closed_early() {
+        assert_eq!(literal("O'Brien"), r"'O\'Brien'");
+        assert_eq!(literal(r"a\' OR Id != null"), r"'a\\\' OR Id != null'");
+        assert_eq!(literal("x\ny"), r"'x\ny'");
+        assert_eq!(literal(""), "''");
+    }
+
+    #[test]
+    fn record_ids_are_checked_by_shape_and_prefix() {
+        assert!(is_record_id(RecordType::Lead, "00Q5g00000ABCDEFGH"));
+        assert!(is_record_id(RecordType::Lead, "00Q5g00000ABCDE"));
+        assert!(!is_record_id(RecordType::Opportunity, "00Q5g00000ABCDEFGH"));
+        assert!(is_record_id(RecordType::Opportunity, "0065g00000ABCDEFGH"));
+        for bad in ["", "00Q", "00Q5g00000ABCDEFG", "00Q5g00000ABCDEF'H", "00Q5g00000ABC EFGH", "00Q5g00000ABCDEFGHI"] {
+            assert!(!is_record_id(RecordType::Lead, bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn references_survive_encoding() {
+        assert_eq!(
+            encode_query("SELECT Id FROM User WHERE Id = '@{rec.records[0].OwnerId}'"),
+            "SELECT+Id+FROM+User+WHERE+Id+%3D+%27@{rec.records[0].OwnerId}%27"
+        );
+        assert_eq!(encode_query("a = '1&2'"), "a+%3D+%271%262%27");
+    }
+}
