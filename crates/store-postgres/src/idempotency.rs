@@ -1,12 +1,16 @@
 //! Idempotency keys shared by every replica. A claim runs under an advisory lock on the key (in its own
 //! namespace, `idem:`), so two replicas racing on one key see each other's claim; times come from the
 //! database's clock, so replicas with skewed clocks agree on leases and expiry.
+//!
+//! A completion lands only on the claim it belongs to: the same key and fingerprint, still running. So the
+//! response a write recorded in its own transaction (see [`answer`]) is never overwritten by a later
+//! `complete`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use store::{Claim, Idempotency, StoreError, StoredResponse};
+use sqlx::{PgExecutor, Postgres, Row, Transaction};
+use store::{Answer, Claim, Idempotency, RequestContext, StoreError, StoredResponse};
 
 use crate::write::{retrying, Failure};
 use crate::PgStore;
@@ -64,6 +68,43 @@ async fn claim_once(store: &PgStore, key: &str, fingerprint: &str, lease: &str, 
     Ok(claim)
 }
 
+/// Stores the response of the running claim `key` holds for `fingerprint`, on `db` (the pool, or the
+/// transaction of the write the response answers).
+pub(crate) async fn complete_with<'e>(
+    db: impl PgExecutor<'e>,
+    key: &str,
+    fingerprint: &str,
+    r: &StoredResponse,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys
+         SET state = 'done', locked_until = NULL, status = $3, content_type = $4, location = $5, body = $6
+         WHERE key = $1 AND fingerprint = $2 AND state = 'running'",
+    )
+    .bind(key)
+    .bind(fingerprint)
+    .bind(i32::from(r.status))
+    .bind(&r.content_type)
+    .bind(&r.location)
+    .bind(&r.body)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Completes the request's own key (if it holds one) with `answer`, in the write's transaction: the changes
+/// and the response to replay commit together, or neither does.
+pub(crate) async fn answer(
+    tx: &mut Transaction<'static, Postgres>,
+    ctx: &RequestContext,
+    answer: Answer<'_>,
+) -> Result<(), sqlx::Error> {
+    match ctx.completion(answer) {
+        Some((key, fingerprint, response)) => complete_with(&mut **tx, key, fingerprint, &response).await,
+        None => Ok(()),
+    }
+}
+
 #[async_trait]
 impl Idempotency for PgStore {
     async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
@@ -72,21 +113,7 @@ impl Idempotency for PgStore {
     }
 
     async fn complete(&self, key: &str, fingerprint: &str, r: &StoredResponse) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE idempotency_keys
-             SET state = 'done', locked_until = NULL, status = $3, content_type = $4, location = $5, body = $6
-             WHERE key = $1 AND fingerprint = $2",
-        )
-        .bind(key)
-        .bind(fingerprint)
-        .bind(i32::from(r.status))
-        .bind(&r.content_type)
-        .bind(&r.location)
-        .bind(&r.body)
-        .execute(self.pool())
-        .await
-        .map_err(crate::error)?;
-        Ok(())
+        complete_with(self.pool(), key, fingerprint, r).await.map_err(crate::error)
     }
 
     async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {

@@ -10,13 +10,19 @@
 //! and a create of one customer never interleave. Behind the lock the partial unique index is the final
 //! guard; a violation (possible only with writers outside the service, or two keys sharing a hash
 //! bucket — which merely serializes them) rolls back and the whole step is retried.
+//!
+//! **An operation keeps its own idempotent answer**: when the request holds an `Idempotency-Key`, the write's
+//! transaction also completes it (see `write`). The same database can hold what a CRM backend keeps beside
+//! the CRM (see `sidecar`).
 
 mod idempotency;
 mod read;
 pub mod scratch;
+mod sidecar;
 mod write;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -123,7 +129,8 @@ pub struct PgStore {
     /// In-process locks, a stripe per hash of the matching key, taken before a connection is: requests
     /// for one busy customer queue here instead of each holding a pooled connection while they wait for
     /// the database lock, so they cannot starve other customers (or readiness) of connections.
-    stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// Each in an `Arc`, so a [`store::KeyLock`] can own its stripe's guard.
+    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
 }
 
 const STRIPES: usize = 1024;
@@ -182,11 +189,11 @@ impl PgStore {
         if stored != config.matching.as_str() {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
-        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        let stripes = (0..STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
         Ok(Self { pool, matching: config.matching, stripes })
     }
 
-    fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);

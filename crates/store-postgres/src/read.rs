@@ -67,18 +67,20 @@ pub(crate) async fn get(
     .fetch_all(pool)
     .await
     .map_err(error)?;
-    let mut history = Vec::with_capacity(rows.len());
-    for r in rows {
-        history.push(HistoryEntry {
-            from: opt(r.try_get("from_status").map_err(error)?, Status::parse)?,
-            to: parse(&r.try_get::<String, _>("to_status").map_err(error)?, Status::parse)?,
-            at: r.try_get("at").map_err(error)?,
-            request_id: r.try_get("request_id").map_err(error)?,
-            channel: Channel::from_stored(r.try_get("channel").map_err(error)?),
-            reason: r.try_get::<Option<String>, _>("reason").map_err(error)?.map(Reason::from_stored),
-        });
-    }
+    let history = rows.iter().map(history_entry).collect::<Result<_, _>>()?;
     Ok(Some(RecordWithHistory { record, history }))
+}
+
+/// One history row (`from_status, to_status, at, request_id, channel, reason`), of `history` or `audit`.
+pub(crate) fn history_entry(r: &PgRow) -> Result<HistoryEntry, StoreError> {
+    Ok(HistoryEntry {
+        from: opt(r.try_get("from_status").map_err(error)?, Status::parse)?,
+        to: parse(&r.try_get::<String, _>("to_status").map_err(error)?, Status::parse)?,
+        at: r.try_get("at").map_err(error)?,
+        request_id: r.try_get("request_id").map_err(error)?,
+        channel: Channel::from_stored(r.try_get("channel").map_err(error)?),
+        reason: r.try_get::<Option<String>, _>("reason").map_err(error)?.map(Reason::from_stored),
+    })
 }
 
 pub(crate) async fn search(

@@ -1,4 +1,9 @@
 //! The write operations: one transaction each, under the advisory lock of the matching key.
+//!
+//! When the request holds an `Idempotency-Key`, its answer is recorded in the same transaction as the
+//! changes (a failure between the two would let a retry run the operation again). An answer that changed
+//! nothing (`EXISTING`, already won or lost) is still one to keep, so then the transaction commits that
+//! one cheap write instead of rolling back.
 
 use std::future::Future;
 
@@ -7,9 +12,10 @@ use lifecycle::{
     OwnerId, Reason, RecordType, Snapshot, Status, Target,
 };
 use sqlx::{PgPool, Postgres, Transaction};
-use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use store::{Answer, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
 use time::OffsetDateTime;
 
+use crate::idempotency::answer;
 use crate::{error, retryable};
 
 /// A step that failed either for a reason to report, or on a conflict worth running it again for.
@@ -106,6 +112,23 @@ async fn set_status(tx: &mut Tx, at: OffsetDateTime, id: &str, from: Status, to:
     Ok(done.rows_affected() == 1)
 }
 
+/// Ends a step that changed nothing. Without an idempotency key there is nothing to keep: roll back, which
+/// spares a commit's fsync. With one, its answer is recorded and committed.
+async fn finish_unchanged(mut tx: Tx, ctx: &RequestContext, outcome: Answer<'_>) -> Result<(), sqlx::Error> {
+    if ctx.idempotency.is_some() {
+        answer(&mut tx, ctx, outcome).await?;
+        tx.commit().await
+    } else {
+        tx.rollback().await
+    }
+}
+
+/// Ends a step that changed records: records the request's answer beside the changes and commits both.
+async fn finish(mut tx: Tx, ctx: &RequestContext, outcome: Answer<'_>) -> Result<(), sqlx::Error> {
+    answer(&mut tx, ctx, outcome).await?;
+    tx.commit().await
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -139,16 +162,16 @@ pub(crate) async fn create(
     let result = plan.result();
     let (record_type, close) = match plan {
         CreatePlan::Existing { record_type, id } => {
-            // Nothing to write: end the transaction (and the lock) without a commit's fsync.
-            tx.rollback().await?;
-            return Ok(CreateOutcome {
+            let outcome = CreateOutcome {
                 result,
                 record_type,
                 status: record_type.open_status(),
                 id,
                 owner_id: request.owner_id.clone(),
                 closed_record_ids: Vec::new(),
-            });
+            };
+            finish_unchanged(tx, ctx, Answer::Create(&outcome)).await?;
+            return Ok(outcome);
         }
         CreatePlan::Create { record_type, close } => (record_type, close),
     };
@@ -185,15 +208,16 @@ pub(crate) async fn create(
     .execute(&mut *tx)
     .await?;
     history(&mut tx, at, &id, None, open, ctx, ctx.reason.as_ref()).await?;
-    tx.commit().await?;
-    Ok(CreateOutcome {
+    let outcome = CreateOutcome {
         result,
         record_type,
         id,
         status: open,
         owner_id: request.owner_id.clone(),
         closed_record_ids: close,
-    })
+    };
+    finish(tx, ctx, Answer::Create(&outcome)).await?;
+    Ok(outcome)
 }
 
 /// Locks the key of the record `id` names and reads it; `NotFound` when there is no such record.
@@ -242,8 +266,9 @@ pub(crate) async fn close_won(
     let (mut t, at) = locked_target(&mut tx, key, record_type, id).await?;
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => {
-            tx.rollback().await?;
-            Ok(CloseWonOutcome::won(&t))
+            let outcome = CloseWonOutcome::won(&t);
+            finish_unchanged(tx, ctx, Answer::CloseWon(&outcome)).await?;
+            Ok(outcome)
         }
         CloseWonPlan::Refuse => {
             tx.rollback().await?;
@@ -275,8 +300,9 @@ pub(crate) async fn close_won(
                 history(&mut tx, at, &opp, None, Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
                 t.converted_opportunity_id = Some(opp);
             }
-            tx.commit().await?;
-            Ok(CloseWonOutcome::won(&t))
+            let outcome = CloseWonOutcome::won(&t);
+            finish(tx, ctx, Answer::CloseWon(&outcome)).await?;
+            Ok(outcome)
         }
     }
 }
@@ -290,8 +316,9 @@ pub(crate) async fn close_lost(
 ) -> Result<RecordRef, Failure> {
     let mut tx = pool.begin().await?;
     let (t, at) = locked_target(&mut tx, key, record_type, id).await?;
+    let outcome = RecordRef { id: t.id.clone(), status: Status::CloseLost };
     match plan_close_lost(&t) {
-        CloseLostPlan::AlreadyLost => tx.rollback().await?,
+        CloseLostPlan::AlreadyLost => finish_unchanged(tx, ctx, Answer::CloseLost(&outcome)).await?,
         CloseLostPlan::Refuse => {
             tx.rollback().await?;
             return Err(StoreError::InvalidTransition { current: t.status }.into());
@@ -299,8 +326,8 @@ pub(crate) async fn close_lost(
         CloseLostPlan::Lose => {
             set_status(&mut tx, at, id, t.status, Status::CloseLost).await?;
             history(&mut tx, at, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
-            tx.commit().await?;
+            finish(tx, ctx, Answer::CloseLost(&outcome)).await?;
         }
     }
-    Ok(RecordRef { id: t.id, status: Status::CloseLost })
+    Ok(outcome)
 }
