@@ -1,18 +1,20 @@
 //! The operations of SPEC §2–3. Each handler parses its body at the edge, calls the store port once, and
-//! shapes the answer; the rules themselves run inside the store's atomic step.
+//! shapes the answer; the rules themselves run inside the store's atomic step. A write's success response
+//! comes from [`Write::render`], the rendering the store records for an `Idempotency-Key` in the same step.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use lifecycle::RecordType;
-use store::RequestContext;
+use store::{Answer, RequestContext, Ticket};
 
+use super::answer::Write;
 use super::auth::Caller;
 use super::dto::*;
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
-use super::{request_id, AppState, API_INT};
+use super::{request_id, AppState};
 use crate::observability;
 
 /// The `Idempotency-Key` request header every POST accepts (SPEC §4).
@@ -26,8 +28,19 @@ pub struct IdempotencyKeyHeader {
     idempotency_key: Option<String>,
 }
 
-fn context(channel: lifecycle::Channel, reason: Option<lifecycle::Reason>) -> RequestContext {
-    RequestContext::new(request_id::current().unwrap_or_default(), channel, reason)
+/// The `Idempotency-Key` the request holds, as the idempotency middleware claimed it.
+type Claimed = Option<Extension<Ticket>>;
+
+/// Who asks, and (with an `Idempotency-Key`) the ticket with which the store records `write`'s answer.
+fn context(
+    channel: lifecycle::Channel,
+    reason: Option<lifecycle::Reason>,
+    write: Write,
+    claimed: Claimed,
+) -> RequestContext {
+    let mut ctx = RequestContext::new(request_id::current().unwrap_or_default(), channel, reason);
+    ctx.idempotency = write.ticket(claimed.map(|Extension(t)| t));
+    ctx
 }
 
 fn what(record_type: RecordType) -> &'static str {
@@ -60,20 +73,15 @@ fn what(record_type: RecordType) -> &'static str {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    claimed: Claimed,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = parse_create(&body)?;
     caller.check(&request.channel)?;
-    let ctx = context(request.channel.clone(), None);
+    let ctx = context(request.channel.clone(), None, Write::Create, claimed);
     let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
     observability::lifecycle_outcome("create", outcome.result.as_str(), outcome.record_type);
-    let response = CreateResponse::from(outcome);
-    if !response.is_new() {
-        return Ok((StatusCode::OK, Json(response)).into_response());
-    }
-    let kind = if response.record_type == RecordType::Lead.as_str() { "leads" } else { "opportunities" };
-    let location = format!("{API_INT}/{kind}/{}", response.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(response)).into_response())
+    Ok(Write::Create.respond(&ctx, Answer::Create(&outcome)))
 }
 
 /// Close Won a Lead (converting it into an Opportunity by default) or an Opportunity.
@@ -99,11 +107,12 @@ pub async fn create(
 pub async fn close_won(
     State(state): State<AppState>,
     caller: Caller,
+    claimed: Claimed,
     JsonBody(body): JsonBody,
-) -> Result<Json<CloseWonResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let cmd = parse_close_won(&body)?;
     caller.check(&cmd.channel)?;
-    let ctx = context(cmd.channel, cmd.reason);
+    let ctx = context(cmd.channel, cmd.reason, Write::CloseWon, claimed);
     let outcome = state
         .store
         .close_won(cmd.record_type, &cmd.id, cmd.convert, &ctx)
@@ -111,7 +120,7 @@ pub async fn close_won(
         .map_err(|e| ApiError::from_store(e, what(cmd.record_type)))?;
     let converted = if outcome.lead.is_some() && outcome.opportunity.is_some() { "WON_CONVERTED" } else { "WON" };
     observability::lifecycle_outcome("close_won", converted, cmd.record_type);
-    Ok(Json(outcome.into()))
+    Ok(Write::CloseWon.respond(&ctx, Answer::CloseWon(&outcome)))
 }
 
 /// Close Lost an Opportunity (rejected by the credit bureau or AML checks).
@@ -137,10 +146,10 @@ pub async fn close_won(
 pub async fn close_lost_opportunity(
     State(state): State<AppState>,
     caller: Caller,
+    claimed: Claimed,
     JsonBody(body): JsonBody,
-) -> Result<Json<CloseLostOpportunityResponse>, ApiError> {
-    let r = close_lost(&state, &caller, &body, RecordType::Opportunity).await?;
-    Ok(Json(CloseLostOpportunityResponse { opportunity_id: r.id, status: r.status.as_str() }))
+) -> Result<Response, ApiError> {
+    close_lost(&state, &caller, claimed, &body, RecordType::Opportunity).await
 }
 
 /// Close Lost a Lead (an NTB customer rejected by the credit bureau or AML checks).
@@ -166,33 +175,35 @@ pub async fn close_lost_opportunity(
 pub async fn close_lost_lead(
     State(state): State<AppState>,
     caller: Caller,
+    claimed: Claimed,
     JsonBody(body): JsonBody,
-) -> Result<Json<CloseLostLeadResponse>, ApiError> {
-    let r = close_lost(&state, &caller, &body, RecordType::Lead).await?;
-    Ok(Json(CloseLostLeadResponse { lead_id: r.id, status: r.status.as_str() }))
+) -> Result<Response, ApiError> {
+    close_lost(&state, &caller, claimed, &body, RecordType::Lead).await
 }
 
 /// SPEC §2.3–2.4: the two close-lost operations differ only in the record type and its id field.
 async fn close_lost(
     state: &AppState,
     caller: &Caller,
+    claimed: Claimed,
     body: &serde_json::Value,
     record_type: RecordType,
-) -> Result<store::RecordRef, ApiError> {
+) -> Result<Response, ApiError> {
     let id_field = match record_type {
         RecordType::Lead => "leadId",
         RecordType::Opportunity => "opportunityId",
     };
     let cmd = parse_close_lost(body, id_field)?;
     caller.check(&cmd.channel)?;
-    let ctx = context(cmd.channel, cmd.reason);
+    let write = Write::CloseLost(record_type);
+    let ctx = context(cmd.channel, cmd.reason, write, claimed);
     let r = state
         .store
         .close_lost(record_type, &cmd.id, &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, what(record_type)))?;
     observability::lifecycle_outcome("close_lost", "LOST", record_type);
-    Ok(r)
+    Ok(write.respond(&ctx, Answer::CloseLost(&r)))
 }
 
 async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Result<Json<RecordDto>, ApiError> {

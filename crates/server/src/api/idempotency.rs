@@ -8,6 +8,11 @@
 //!
 //! Responses of 5xx, 408 and 429 are not kept: they say nothing happened (or nothing is known), so a
 //! retry with the same key runs the request again.
+//!
+//! A write's success is kept by the store itself, in the operation's transaction (a crash between the
+//! operation and a second write here would let a retry run it again): the claimed key travels to the
+//! handler as a [`store::Ticket`] in the request's extensions, and a response marked
+//! [`answer::Recorded`] needs nothing more. Every other answer kept (a 404, a 409, a 422) is completed here.
 
 use std::sync::Arc;
 
@@ -20,6 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::{Backend, Claim, StoredResponse};
 
+use super::answer::{self, Recorded};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{declared_too_large, BODY_LIMIT};
@@ -89,16 +95,8 @@ fn keep(status: StatusCode) -> bool {
 }
 
 fn replay(r: StoredResponse) -> Response {
-    let mut response = Response::new(Body::from(r.body));
-    *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-    let headers = response.headers_mut();
-    if let Some(ct) = r.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert(header::CONTENT_TYPE, ct);
-    }
-    if let Some(location) = r.location.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert(header::LOCATION, location);
-    }
-    headers.insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    let mut response = answer::into_response(r);
+    response.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
     response
 }
 
@@ -131,6 +129,10 @@ impl Drop for Claimed {
 /// Runs the claimed request and records its answer (or releases the claim when the answer is not kept).
 async fn run_and_record(mut claim: Claimed, next: Next, request: Request) -> Response {
     let response = next.run(request).await;
+    if response.extensions().get::<Recorded>().is_some() {
+        claim.settled = true; // the store completed the key with the operation
+        return response;
+    }
     let (parts, body) = response.into_parts();
     let Ok(body) = to_bytes(body, usize::MAX).await else {
         return ApiError::Internal.into_response(); // the claim is released on drop
@@ -190,8 +192,9 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Ok(Claim::InUse) => ApiError::IdempotencyKeyInUse.into_response(),
         Ok(Claim::Replay(stored)) => replay(stored),
         Ok(Claim::Proceed) => {
+            let mut request = Request::from_parts(parts, Body::from(bytes));
+            request.extensions_mut().insert(answer::unbound(key.clone(), fp.clone()));
             let claim = Claimed { store: state.store.clone(), key, fingerprint: fp, settled: false };
-            let request = Request::from_parts(parts, Body::from(bytes));
             // The request runs to the end and its answer is recorded even if the client goes away or the
             // request timeout fires: a retry then gets the replay rather than a second run.
             let id = request_id::current().unwrap_or_default();

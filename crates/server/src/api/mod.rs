@@ -1,6 +1,7 @@
 //! The HTTP layer: routes at the exact paths of SPEC §2–3 (two with `/int/`, two without), the middleware
 //! stack, and the OpenAPI 3.1 document generated from the handlers' annotations.
 
+pub mod answer;
 pub mod auth;
 pub mod dto;
 pub mod error;

@@ -182,3 +182,67 @@ both_backends! {
         assert!(bodies.iter().all(|b| *b == from_a));
     }
 }
+
+/// Everything a replay must repeat: status, `Content-Type`, `Location` and the body's bytes.
+async fn exact(r: Response) -> (u16, Option<String>, Option<String>, Vec<u8>, Option<String>) {
+    let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (content_type, location, replayed) =
+        (header("content-type"), header("location"), header("idempotent-replayed"));
+    (r.status().as_u16(), content_type, location, r.bytes().await.unwrap().to_vec(), replayed)
+}
+
+both_backends! {
+    // The store records a write's answer with the write, rendered by the handler's own function: the
+    // replay must be the first answer exactly, for every write and for the ones that changed nothing.
+    async fn every_write_replays_its_first_answer_byte_for_byte(app: TestApp) {
+        let (_, lead) = app.create(&ntb("IB1", "CARD", "RM001")).await;
+        let (_, opp) = app.create(&etb("IB2", "LOAN", "RM001")).await;
+        let (lead_id, opp_id) = (lead["id"].as_str().unwrap(), opp["id"].as_str().unwrap());
+        let lost_opp = |reason: Option<&str>| {
+            json!({"opportunityId": opp_id, "status": "Close Lost", "channel": "MOBILE_APP", "reason": reason})
+        };
+        let calls = [
+            ("created", CREATE, ntb("IB3", "CARD", "RM001"), 201),
+            ("existing", CREATE, ntb("IB1", "CARD", "RM001"), 200),
+            ("replaced", CREATE, ntb("IB1", "CARD", "RM002"), 201),
+            ("lost-opportunity", LOST_OPP, lost_opp(Some("NCB_REJECTED")), 200),
+            ("already-lost", LOST_OPP, lost_opp(None), 200),
+            ("lost-lead", LOST_LEAD, json!({"leadId": lead_id, "status": "Close Lost", "channel": "MOBILE_APP"}), 200),
+        ];
+        for (name, path, body, status) in calls {
+            let first = exact(app.post_key(path, &format!("key-{name}"), &body).await).await;
+            assert_eq!((first.0, first.4.as_deref()), (status, None), "{name}: {}", String::from_utf8_lossy(&first.3));
+            assert_eq!(first.1.as_deref(), Some("application/json"), "{name}");
+            let again = exact(app.post_key(path, &format!("key-{name}"), &body).await).await;
+            assert_eq!(again.4.as_deref(), Some("true"), "{name}: replayed");
+            assert_eq!((again.0, &again.1, &again.2, &again.3), (first.0, &first.1, &first.2, &first.3), "{name}");
+            if status == 201 {
+                let id = serde_json::from_slice::<Value>(&first.3).unwrap()["id"].as_str().unwrap().to_owned();
+                assert!(first.2.as_deref().unwrap().ends_with(&id), "{name}: Location names the new record");
+            }
+        }
+        // Close won: a lead converted, then the same again (no second conversion), and an opportunity.
+        let (_, fresh) = app.create(&ntb("IB4", "CARD", "RM001")).await;
+        let (_, fresh_opp) = app.create(&etb("IB5", "CARD", "RM001")).await;
+        let calls = [
+            ("won-lead", json!({"leadId": fresh["id"], "channel": "MOBILE_APP"})),
+            ("already-won", json!({"leadId": fresh["id"], "channel": "MOBILE_APP", "reason": "AGAIN"})),
+            ("won-opportunity", json!({"opportunityId": fresh_opp["id"], "channel": "MOBILE_APP"})),
+        ];
+        for (name, body) in calls {
+            let first = exact(app.post_key(CLOSE_WON, &format!("key-{name}"), &body).await).await;
+            assert_eq!((first.0, first.4.as_deref()), (200, None), "{name}: {}", String::from_utf8_lossy(&first.3));
+            let again = exact(app.post_key(CLOSE_WON, &format!("key-{name}"), &body).await).await;
+            assert_eq!(again.4.as_deref(), Some("true"), "{name}: replayed");
+            assert_eq!((again.0, &again.1, &again.2, &again.3), (first.0, &first.1, &first.2, &first.3), "{name}");
+        }
+        let won = app.search("IB4").await;
+        assert_eq!(won["opportunities"].as_array().unwrap().len(), 1, "converted once");
+        // An answer the store did not record (a refusal) is still kept, by the middleware.
+        let refused = json!({"leadId": fresh["id"], "status": "Close Lost", "channel": "MOBILE_APP"});
+        let first = exact(app.post_key(LOST_LEAD, "key-refused", &refused).await).await;
+        assert_eq!(first.0, 409);
+        let again = exact(app.post_key(LOST_LEAD, "key-refused", &refused).await).await;
+        assert_eq!((again.0, &again.1, &again.3, again.4.as_deref()), (409, &first.1, &first.3, Some("true")));
+    }
+}
