@@ -11,6 +11,7 @@ use lifecycle::Matching;
 use serde::Deserialize;
 
 use crate::api::auth::{ApiKey, ApiKeys};
+use store_salesforce::{SalesforceConfig, SalesforceSection};
 
 /// Where records live, from `--store` / `CRM_STORE` / `store =`. `Debug` hides a PostgreSQL password.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub struct Settings {
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
     /// How long a request waits for a PostgreSQL connection before answering 503.
     pub postgres_acquire_timeout: Duration,
+    /// The `[salesforce]` section, validated; present exactly when `store` is `salesforce`.
+    pub salesforce: Option<SalesforceConfig>,
 }
 
 impl Default for Settings {
@@ -106,6 +109,7 @@ impl Default for Settings {
             max_in_flight: 1024,
             rate_limit: None,
             postgres_acquire_timeout: Duration::from_secs(3),
+            salesforce: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct FileSettings {
     pub max_in_flight: Option<usize>,
     pub rate_limit_per_second: Option<u32>,
     pub rate_limit_burst: Option<u32>,
+    /// The Salesforce backend's settings (`store = "salesforce"`); see docs/salesforce.md.
+    pub salesforce: Option<SalesforceSection>,
 }
 
 /// One `[[api_keys]]` entry of the file: a channel and the SHA-256 (hex) of its key.
@@ -281,6 +287,21 @@ impl Settings {
                 return Err(bad("postgres_acquire_timeout_ms", "must be 1-600000"));
             }
             s.postgres_acquire_timeout = Duration::from_millis(v);
+        }
+        match (&s.store, file.salesforce) {
+            (StoreUrl::Salesforce, Some(section)) => {
+                let secret = std::env::var("CRM_SALESFORCE_CLIENT_SECRET").ok();
+                let config = section.validate(secret).map_err(|e| bad(&e.key, e.message))?;
+                StoreUrl::parse(&config.local_store).map_err(|e| bad("salesforce.local_store", e))?;
+                s.salesforce = Some(config);
+            }
+            (StoreUrl::Salesforce, None) => {
+                return Err(bad(
+                    "store",
+                    "salesforce needs a [salesforce] section in the --config file (see docs/salesforce.md)",
+                ))
+            }
+            (_, _) => {}
         }
         Ok(s)
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use integration_service::api::auth::ApiKey;
 use integration_service::config::{Overrides, Settings, StoreUrl};
-use integration_service::startup::{pg_config, shutdown_signal, Application};
+use integration_service::startup::{pg_config, shutdown_signal, Application, Opened};
 use integration_service::telemetry;
 
 #[derive(Parser)]
@@ -19,8 +19,11 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (applies pending migrations first).
     Serve(Overrides),
-    /// Apply pending migrations to the store and exit.
+    /// Apply pending migrations to the store and exit (for salesforce: to its local store).
     Migrate(Overrides),
+    /// Open the configured store and check it, then exit: for salesforce, fetch a token and verify the
+    /// field and picklist mapping against the org. Exit code 0 when all is well, 2 with one line otherwise.
+    Check(Overrides),
     /// Make a new API key for a channel: prints the key (once) and the configuration line to add.
     GenerateKey {
         /// The channel the key belongs to, e.g. MOBILE_APP
@@ -37,7 +40,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
-        Command::Serve(o) | Command::Migrate(o) => o,
+        Command::Serve(o) | Command::Migrate(o) | Command::Check(o) => o,
         Command::GenerateKey { channel } => return generate_key(channel),
     };
     let settings = match Settings::load(overrides) {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     telemetry::init(settings.log_format, &settings.log_filter);
     match cli.command {
         Command::Migrate(_) => migrate(&settings),
+        Command::Check(_) => check(&settings),
         _ => serve(&settings),
     }
 }
@@ -71,18 +75,47 @@ fn generate_key(channel: &str) -> ExitCode {
     }
 }
 
+/// Opens the store as `serve` would (migrations, token, mapping check) and closes it again.
+fn check(settings: &Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        match Opened::open(settings).await {
+            Ok(opened) => {
+                opened.shutdown().await;
+                println!("{:?}: the store is reachable and its mapping is complete", settings.store);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
 fn migrate(settings: &Settings) -> ExitCode {
-    let applied = match &settings.store {
+    let local;
+    let store = match (&settings.store, &settings.salesforce) {
+        (StoreUrl::Salesforce, Some(sf)) => match StoreUrl::parse(&sf.local_store) {
+            Ok(url) => {
+                local = url;
+                &local
+            }
+            Err(e) => return fail(e),
+        },
+        (other, _) => other,
+    };
+    let applied = match store {
         StoreUrl::Sqlite(path) => store_sqlite::migrate(path).map_err(|e| e.to_string()),
         StoreUrl::Postgres(url) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(store_postgres::migrate(&pg_config(settings, url))).map_err(|e| e.to_string()),
             Err(e) => Err(format!("cannot start the runtime: {e}")),
         },
-        StoreUrl::Salesforce => Err("migrate: the salesforce store has no migrations".into()),
+        StoreUrl::Salesforce => Err("migrate: salesforce.local_store cannot be salesforce".into()),
     };
     match applied {
         Ok(n) => {
-            println!("{:?}: {n} migration(s) applied", settings.store);
+            println!("{store:?}: {n} migration(s) applied");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::Backend;
+use store::{Backend, Sidecar};
 use store_postgres::{PgConfig, PgStore};
+use store_salesforce::SalesforceStore;
 use store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 
@@ -24,19 +25,29 @@ pub enum StartError {
     Postgres(#[from] store_postgres::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("store {0}: this backend is not available in this build yet; use sqlite://PATH")]
-    Unsupported(&'static str),
+    #[error(transparent)]
+    Salesforce(#[from] store_salesforce::OpenError),
+    #[error("store salesforce: {0}")]
+    SalesforceSettings(&'static str),
 }
 
 /// The backend, kept concrete so shutdown can drain it.
-enum Opened {
+pub enum Opened {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
+    /// The org, and the local store beside it.
+    Salesforce(Arc<SalesforceStore>, Box<Opened>),
 }
 
 impl Opened {
-    async fn open(settings: &Settings) -> Result<Self, StartError> {
-        match &settings.store {
+    /// Opens (and migrates) the store the settings name; for Salesforce, the local store first, then the
+    /// org (a token, and the mapping check).
+    pub async fn open(settings: &Settings) -> Result<Self, StartError> {
+        Self::open_at(settings, &settings.store).await
+    }
+
+    async fn open_at(settings: &Settings, store: &StoreUrl) -> Result<Self, StartError> {
+        match store {
             StoreUrl::Sqlite(path) => {
                 let mut config = SqliteConfig::new(path);
                 config.matching = settings.matching;
@@ -44,20 +55,48 @@ impl Opened {
                 Ok(Self::Sqlite(Arc::new(SqliteStore::open(config)?)))
             }
             StoreUrl::Postgres(url) => Ok(Self::Postgres(Arc::new(PgStore::open(pg_config(settings, url)).await?))),
-            StoreUrl::Salesforce => Err(StartError::Unsupported("salesforce")),
+            StoreUrl::Salesforce => {
+                let config =
+                    settings.salesforce.clone().ok_or(StartError::SalesforceSettings("no [salesforce] section"))?;
+                let local_url = StoreUrl::parse(&config.local_store).map_err(|_| {
+                    StartError::SalesforceSettings("salesforce.local_store must be sqlite:// or postgres://")
+                })?;
+                if local_url == StoreUrl::Salesforce {
+                    return Err(StartError::SalesforceSettings("salesforce.local_store cannot be salesforce"));
+                }
+                let local = Box::pin(Self::open_at(settings, &local_url)).await?;
+                let sidecar: Arc<dyn Sidecar> = match &local {
+                    Self::Sqlite(s) => s.clone(),
+                    Self::Postgres(s) => s.clone(),
+                    Self::Salesforce(..) => unreachable!("checked above"),
+                };
+                let org = match SalesforceStore::open(config, sidecar, settings.matching).await {
+                    Ok(org) => org,
+                    Err(e) => {
+                        local.shutdown().await;
+                        return Err(e.into());
+                    }
+                };
+                Ok(Self::Salesforce(Arc::new(org), Box::new(local)))
+            }
         }
     }
 
-    fn port(&self) -> Arc<dyn Backend> {
+    pub fn port(&self) -> Arc<dyn Backend> {
         match self {
             Self::Sqlite(s) => s.clone(),
             Self::Postgres(s) => s.clone(),
+            Self::Salesforce(s, _) => s.clone(),
         }
     }
 
     /// Called after the server has stopped: every handler has returned, so the store is ours alone.
-    async fn shutdown(self) {
+    pub async fn shutdown(self) {
         match self {
+            Self::Salesforce(org, local) => {
+                drop(org);
+                Box::pin(local.shutdown()).await
+            }
             Self::Sqlite(s) => {
                 // Handlers are done, but spawned work (a purge, an idempotency release) may still hold the
                 // store: stop the writer through the shared handle, after what is queued.
