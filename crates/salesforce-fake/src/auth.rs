@@ -86,7 +86,9 @@ fn jwt_bearer(state: &mut State, assertion: Option<&str>) -> TokenAnswer {
     }
     let aud_ok = match &claims.aud {
         Some(Value::String(a)) => AUDIENCES.contains(&a.trim_end_matches('/')),
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(|a| AUDIENCES.contains(&a.trim_end_matches('/'))),
+        Some(Value::Array(list)) => {
+            list.iter().filter_map(Value::as_str).any(|a| AUDIENCES.contains(&a.trim_end_matches('/')))
+        }
         _ => false,
     };
     if !aud_ok {
@@ -108,7 +110,8 @@ fn jwt_bearer(state: &mut State, assertion: Option<&str>) -> TokenAnswer {
 /// Serves the token endpoint (not an API call: no fault, no usage).
 pub(crate) fn token(state: &mut State, body: &[u8], authorization: Option<&str>) -> TokenAnswer {
     state.token_requests += 1;
-    let form: Vec<(String, String)> = form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let form: Vec<(String, String)> =
+        form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     match get("grant_type").as_deref() {
         Some("client_credentials") => {

@@ -23,12 +23,17 @@ pub(crate) struct Subrequest {
 
 /// Parses a composite body; errors are top-level 400s.
 pub(crate) fn parse(raw: &[u8]) -> Result<(bool, Vec<Subrequest>), SfError> {
-    let v: Value = serde_json::from_slice(raw).map_err(|e| json_parser_error(format!("Unexpected character or end of input: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| json_parser_error("Cannot deserialize instance of CompositeRequest from a non-object value"))?;
+    let v: Value = serde_json::from_slice(raw)
+        .map_err(|e| json_parser_error(format!("Unexpected character or end of input: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| json_parser_error("Cannot deserialize instance of CompositeRequest from a non-object value"))?;
     let all_or_none = match obj.get("allOrNone") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(json_parser_error(format!("Cannot deserialize instance of boolean from value {other}"))),
+        Some(other) => {
+            return Err(json_parser_error(format!("Cannot deserialize instance of boolean from value {other}")))
+        }
     };
     let list = obj
         .get("compositeRequest")
@@ -36,7 +41,9 @@ pub(crate) fn parse(raw: &[u8]) -> Result<(bool, Vec<Subrequest>), SfError> {
         .ok_or_else(|| json_parser_error("compositeRequest: a JSON array of subrequests is required"))?;
     let mut subs = Vec::with_capacity(list.len());
     for item in list {
-        let o = item.as_object().ok_or_else(|| json_parser_error("Cannot deserialize instance of CompositeSubrequest from a non-object value"))?;
+        let o = item.as_object().ok_or_else(|| {
+            json_parser_error("Cannot deserialize instance of CompositeSubrequest from a non-object value")
+        })?;
         let text = |name: &str| -> Result<String, SfError> {
             o.get(name)
                 .and_then(Value::as_str)
@@ -56,7 +63,11 @@ pub(crate) fn parse(raw: &[u8]) -> Result<(bool, Vec<Subrequest>), SfError> {
             ));
         }
         if subs.iter().any(|s: &Subrequest| s.reference_id == reference_id) {
-            return Err(SfError::new(400, "INVALID_INPUT", format!("Duplicate referenceId provided in the request: {reference_id}")));
+            return Err(SfError::new(
+                400,
+                "INVALID_INPUT",
+                format!("Duplicate referenceId provided in the request: {reference_id}"),
+            ));
         }
         subs.push(Subrequest { method, url: text("url")?, reference_id, body: o.get("body").cloned() });
     }
@@ -64,7 +75,10 @@ pub(crate) fn parse(raw: &[u8]) -> Result<(bool, Vec<Subrequest>), SfError> {
         return Err(SfError::new(
             400,
             "LIMIT_EXCEEDED",
-            format!("Limit Exceeded: compositeRequest holds {} subrequests; at most {MAX_SUBREQUESTS} are allowed", subs.len()),
+            format!(
+                "Limit Exceeded: compositeRequest holds {} subrequests; at most {MAX_SUBREQUESTS} are allowed",
+                subs.len()
+            ),
         ));
     }
     let queries = subs.iter().filter(|s| is_query(&s.url)).count();
@@ -100,10 +114,8 @@ fn lookup(results: &Map<String, Value>, expr: &str) -> Option<Value> {
             let end = r.find(['.', '[']).unwrap_or(r.len());
             let key = &r[..end];
             let obj = cur.as_object()?;
-            cur = obj
-                .get(key)
-                .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))?
-                .clone();
+            cur =
+                obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))?.clone();
             rest = &r[end..];
         } else if let Some(r) = rest.strip_prefix('[') {
             let end = r.find(']')?;

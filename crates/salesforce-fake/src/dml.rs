@@ -91,9 +91,9 @@ fn valid_email(s: &str) -> bool {
 
 /// Checks the body of a write and returns the changes in schema spelling.
 fn parse_body(schema: &ObjectSchema, body: &Value, op: Op) -> Result<Record, SfError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| crate::faults::json_parser_error("Cannot deserialize instance of sObject from a non-object value"))?;
+    let obj = body.as_object().ok_or_else(|| {
+        crate::faults::json_parser_error("Cannot deserialize instance of sObject from a non-object value")
+    })?;
     let mut changes = Record::new();
     for (key, value) in obj {
         if key == "attributes" {
@@ -155,14 +155,14 @@ fn check_fields(state: &State, schema: &ObjectSchema, after: &Record, changes: &
             ));
         }
         match field.field_type {
-            FieldType::Picklist if field.restricted_picklist => {
-                if !field.picklist_values.iter().any(|v| v.active && v.value == text) {
-                    return Err(SfError::on_fields(
-                        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                        format!("{}: bad value for restricted picklist field: {}", field.label, text),
-                        &[&field.name],
-                    ));
-                }
+            FieldType::Picklist
+                if field.restricted_picklist && !field.picklist_values.iter().any(|v| v.active && v.value == text) =>
+            {
+                return Err(SfError::on_fields(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    format!("{}: bad value for restricted picklist field: {}", field.label, text),
+                    &[&field.name],
+                ));
             }
             FieldType::Email if !valid_email(text) => {
                 return Err(SfError::on_fields(
@@ -207,9 +207,16 @@ fn check_reference(state: &State, field: &FieldDef, raw: &str) -> Result<(), SfE
 
 /// The admin's rules, then uniqueness. `self_id` is the record being updated (excluded from
 /// uniqueness checks).
-pub(crate) fn check_rules(state: &State, object: &str, after: &Record, self_id: Option<&str>, op: Op) -> Result<(), SfError> {
+pub(crate) fn check_rules(
+    state: &State,
+    object: &str,
+    after: &Record,
+    self_id: Option<&str>,
+    op: Op,
+) -> Result<(), SfError> {
     for rule in state.validation_rules.iter().filter(|r| r.object.eq_ignore_ascii_case(object)) {
-        let hit = after.iter().any(|(k, v)| k.eq_ignore_ascii_case(&rule.field) && v.as_str() == Some(rule.value.as_str()));
+        let hit =
+            after.iter().any(|(k, v)| k.eq_ignore_ascii_case(&rule.field) && v.as_str() == Some(rule.value.as_str()));
         if hit {
             return Err(SfError::on_fields("FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.message.clone(), &[]));
         }
@@ -299,11 +306,7 @@ pub(crate) fn insert(state: &mut State, object: &str, body: &Value) -> Result<St
 /// when no such record exists.
 pub(crate) fn resolve_id(state: &State, schema: &ObjectSchema, raw: &str) -> Result<String, SfError> {
     let malformed = || {
-        SfError::on_fields(
-            "MALFORMED_ID",
-            format!("{} ID: id value of incorrect type: {}", schema.label, raw),
-            &["Id"],
-        )
+        SfError::on_fields("MALFORMED_ID", format!("{} ID: id value of incorrect type: {}", schema.label, raw), &["Id"])
     };
     let id = ids::normalize(raw).ok_or_else(malformed)?;
     if !id.starts_with(&schema.key_prefix) {

@@ -102,6 +102,7 @@ pub(crate) fn json_parser_error(detail: impl Into<String>) -> SfError {
 }
 
 /// The page a 503 carries: HTML, not JSON, as Salesforce's maintenance pages do.
-pub(crate) const SERVER_UNAVAILABLE_HTML: &str = "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\
+pub(crate) const SERVER_UNAVAILABLE_HTML: &str =
+    "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\
 <body><h1>Service Unavailable</h1><p>The server is temporarily unable to service your request due to maintenance \
 downtime or capacity problems. Please try again later.</p></body></html>\n";

@@ -99,7 +99,8 @@ impl FakeOrg {
     /// # Panics
     /// When no local port can be bound (the test cannot run at all then).
     pub async fn start(config: OrgConfig) -> FakeOrg {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake Salesforce org");
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake Salesforce org");
         let addr = listener.local_addr().expect("local address of the fake Salesforce org");
         let url = format!("http://{addr}");
         let jwt_key = config
@@ -234,7 +235,8 @@ impl FakeOrg {
     pub fn duplicate_rule(&self, sobject: &str, field: &str) {
         let mut st = lock(&self.inner);
         let obj = st.object_name(sobject);
-        let field = st.schema.object(&obj).and_then(|o| o.field(field)).map(|f| f.name.clone()).unwrap_or_else(|| field.into());
+        let field =
+            st.schema.object(&obj).and_then(|o| o.field(field)).map(|f| f.name.clone()).unwrap_or_else(|| field.into());
         st.duplicate_rules.push((obj, field));
     }
 
@@ -256,7 +258,13 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn response(status: u16, content_type: &str, body: String, limit_info: Option<String>, extra: &[(String, String)]) -> Response {
+fn response(
+    status: u16,
+    content_type: &str,
+    body: String,
+    limit_info: Option<String>,
+    extra: &[(String, String)],
+) -> Response {
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = res.headers_mut();
@@ -291,7 +299,8 @@ async fn serve(inner: Arc<Mutex<State>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
     let method = parts.method.as_str().to_string();
-    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
+    let target =
+        parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
     let path = parts.uri.path().to_string();
     let authorization = header(&parts.headers, "authorization").map(str::to_string);
 
@@ -299,7 +308,13 @@ async fn serve(inner: Arc<Mutex<State>>, req: Request) -> Response {
         let mut st = lock(&inner);
         if method != "POST" {
             st.token_requests += 1;
-            return response(400, JSON, serde_json::json!({"error":"invalid_request","error_description":"must use HTTP POST"}).to_string(), None, &[]);
+            return response(
+                400,
+                JSON,
+                serde_json::json!({"error":"invalid_request","error_description":"must use HTTP POST"}).to_string(),
+                None,
+                &[],
+            );
         }
         let (status, body) = auth::token(&mut st, &bytes, authorization.as_deref());
         return response(status, JSON, body.to_string(), None, &[]);
@@ -334,12 +349,24 @@ async fn serve(inner: Arc<Mutex<State>>, req: Request) -> Response {
         match fault {
             Some(Fault::ServerUnavailable) => {
                 let info = st.limit_info();
-                return response(503, "text/html;charset=UTF-8", faults::SERVER_UNAVAILABLE_HTML.into(), Some(info), &[]);
+                return response(
+                    503,
+                    "text/html;charset=UTF-8",
+                    faults::SERVER_UNAVAILABLE_HTML.into(),
+                    Some(info),
+                    &[],
+                );
             }
             Some(Fault::RequestLimitExceeded) => {
                 let info = st.limit_info();
                 if is_soap {
-                    return response(500, XML, soap::fault("sf:REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."), Some(info), &[]);
+                    return response(
+                        500,
+                        XML,
+                        soap::fault("sf:REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+                        Some(info),
+                        &[],
+                    );
                 }
                 return json_response(&faults::request_limit_exceeded().into(), info);
             }
@@ -356,7 +383,9 @@ async fn serve(inner: Arc<Mutex<State>>, req: Request) -> Response {
             } else {
                 st.api_used += 1;
                 match (kind, composite_parse) {
-                    (CallKind::Composite, Some(Ok((all_or_none, subs)))) => composite::run(&mut st, all_or_none, &subs, lock_fault),
+                    (CallKind::Composite, Some(Ok((all_or_none, subs)))) => {
+                        composite::run(&mut st, all_or_none, &subs, lock_fault)
+                    }
                     (CallKind::Composite, Some(Err(e))) => e.into(),
                     _ => serve_rest(&mut st, &method, &target, &bytes, parsed_body.as_ref(), lock_fault),
                 }
@@ -370,7 +399,14 @@ async fn serve(inner: Arc<Mutex<State>>, req: Request) -> Response {
     answer
 }
 
-fn serve_rest(st: &mut State, method: &str, target: &str, bytes: &[u8], parsed: Option<&Value>, lock_fault: bool) -> rest::ApiResponse {
+fn serve_rest(
+    st: &mut State,
+    method: &str,
+    target: &str,
+    bytes: &[u8],
+    parsed: Option<&Value>,
+    lock_fault: bool,
+) -> rest::ApiResponse {
     let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
     if has_body && parsed.is_none() && matches!(method, "POST" | "PATCH" | "PUT") {
         return faults::json_parser_error("Unexpected character in the request body: it is not valid JSON").into();
@@ -382,9 +418,14 @@ fn serve_rest(st: &mut State, method: &str, target: &str, bytes: &[u8], parsed: 
 }
 
 fn serve_soap(st: &mut State, path: &str, bytes: &[u8], lock_fault: bool) -> Response {
-    let valid_path = path
-        .strip_prefix("/services/Soap/u/")
-        .is_some_and(|v| v.trim_end_matches('/').split_once('.').is_some_and(|(a, b)| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.len() == 1 && b.bytes().all(|c| c.is_ascii_digit())));
+    let valid_path = path.strip_prefix("/services/Soap/u/").is_some_and(|v| {
+        v.trim_end_matches('/').split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.len() == 1
+                && b.bytes().all(|c| c.is_ascii_digit())
+        })
+    });
     if !valid_path {
         let info = st.limit_info();
         return response(404, JSON, faults::not_found().body().to_string(), Some(info), &[]);

@@ -39,8 +39,11 @@ impl From<SfError> for ApiResponse {
     }
 }
 
-/// Splits `/services/data/vXX.X/a/b?x=y` into (version, segments, query pairs).
-pub(crate) fn split_target(target: &str) -> Option<(String, Vec<String>, Vec<(String, String)>)> {
+/// A request target split into (API version, decoded path segments, query pairs).
+pub(crate) type Target = (String, Vec<String>, Vec<(String, String)>);
+
+/// Splits `/services/data/vXX.X/a/b?x=y` into its version, segments and query pairs.
+pub(crate) fn split_target(target: &str) -> Option<Target> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),
@@ -50,11 +53,17 @@ pub(crate) fn split_target(target: &str) -> Option<(String, Vec<String>, Vec<(St
     let version = segs.next()?;
     let v = version.strip_prefix('v')?;
     let (major, minor) = v.split_once('.')?;
-    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) || minor.len() != 1 || !minor.bytes().all(|b| b.is_ascii_digit()) {
+    if major.is_empty()
+        || !major.bytes().all(|b| b.is_ascii_digit())
+        || minor.len() != 1
+        || !minor.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let segs: Vec<String> = segs
-        .map(|s| form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default())
+        .map(|s| {
+            form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+        })
         .collect();
     let pairs = form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     Some((v.to_string(), segs, pairs))
@@ -158,10 +167,15 @@ pub(crate) fn dispatch(state: &mut State, method: &str, target: &str, body: Opti
         ["sobjects", object] => {
             let Some(schema) = state.schema.object(object).cloned() else { return not_found().into() };
             match method {
-                "GET" => ApiResponse::json(200, json!({ "objectDescribe": schema.summary(&version), "recentItems": [] })),
+                "GET" => {
+                    ApiResponse::json(200, json!({ "objectDescribe": schema.summary(&version), "recentItems": [] }))
+                }
                 "POST" => {
                     let Some(body) = body else {
-                        return crate::faults::json_parser_error("The request body is empty: a JSON object is expected").into();
+                        return crate::faults::json_parser_error(
+                            "The request body is empty: a JSON object is expected",
+                        )
+                        .into();
                     };
                     match dml::insert(state, &schema.name, body) {
                         Ok(id) => {
@@ -197,7 +211,10 @@ pub(crate) fn dispatch(state: &mut State, method: &str, target: &str, body: Opti
                 }
                 "PATCH" => {
                     let Some(body) = body else {
-                        return crate::faults::json_parser_error("The request body is empty: a JSON object is expected").into();
+                        return crate::faults::json_parser_error(
+                            "The request body is empty: a JSON object is expected",
+                        )
+                        .into();
                     };
                     match dml::update(state, &schema.name, raw_id, body) {
                         Ok(()) => ApiResponse::no_content(),

@@ -52,7 +52,10 @@ impl FieldType {
 
     /// Whether values are text (strings with a length).
     pub fn is_text(self) -> bool {
-        matches!(self, FieldType::String | FieldType::Textarea | FieldType::Email | FieldType::Phone | FieldType::Picklist)
+        matches!(
+            self,
+            FieldType::String | FieldType::Textarea | FieldType::Email | FieldType::Phone | FieldType::Picklist
+        )
     }
 }
 
@@ -165,7 +168,12 @@ impl FieldDef {
         f.restricted_picklist = true;
         f.picklist_values = values
             .iter()
-            .map(|(v, default)| PicklistValue { value: (*v).into(), label: (*v).into(), active: true, default_value: *default })
+            .map(|(v, default)| PicklistValue {
+                value: (*v).into(),
+                label: (*v).into(),
+                active: true,
+                default_value: *default,
+            })
             .collect();
         f
     }
@@ -250,9 +258,7 @@ impl ObjectSchema {
 
     /// The reference field whose relationship name is `rel` (e.g. `Owner` → `OwnerId`).
     pub fn relationship(&self, rel: &str) -> Option<&FieldDef> {
-        self.fields
-            .iter()
-            .find(|f| f.relationship_name.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(rel)))
+        self.fields.iter().find(|f| f.relationship_name.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(rel)))
     }
 
     /// Removes a field; returns whether it was there.
@@ -417,9 +423,23 @@ impl Schema {
         status.defaulted_on_create = true;
         lead.push(status);
         lead.push(FieldDef::boolean("IsConverted", "Converted").read_only());
-        lead.push(FieldDef::reference("ConvertedOpportunityId", "Converted Opportunity ID", "Opportunity", "ConvertedOpportunity").read_only());
-        lead.push(FieldDef::reference("ConvertedAccountId", "Converted Account ID", "Account", "ConvertedAccount").read_only());
-        lead.push(FieldDef::reference("ConvertedContactId", "Converted Contact ID", "Contact", "ConvertedContact").read_only());
+        lead.push(
+            FieldDef::reference(
+                "ConvertedOpportunityId",
+                "Converted Opportunity ID",
+                "Opportunity",
+                "ConvertedOpportunity",
+            )
+            .read_only(),
+        );
+        lead.push(
+            FieldDef::reference("ConvertedAccountId", "Converted Account ID", "Account", "ConvertedAccount")
+                .read_only(),
+        );
+        lead.push(
+            FieldDef::reference("ConvertedContactId", "Converted Contact ID", "Contact", "ConvertedContact")
+                .read_only(),
+        );
         lead.push(FieldDef::base("ConvertedDate", "Converted Date", FieldType::Date).read_only());
         lead.push(owner_field());
         let mut email = FieldDef::base("Email", "Email", FieldType::Email);

@@ -63,7 +63,9 @@ pub(crate) fn parse(raw: &[u8]) -> Result<SoapRequest, String> {
                     current = Some(HashMap::new());
                 }
                 if is_nil(&e) {
-                    if let (Some(c), true) = (current.as_mut(), stack.last().map(String::as_str) == Some("leadConverts")) {
+                    if let (Some(c), true) =
+                        (current.as_mut(), stack.last().map(String::as_str) == Some("leadConverts"))
+                    {
                         c.insert(name.clone(), None);
                     }
                 }
@@ -159,8 +161,13 @@ fn result_xml(r: &ConvertResult) -> String {
         .errors
         .iter()
         .map(|e| {
-            let fields: String = e.fields.iter().flatten().map(|f| format!("<fields>{}</fields>", escape(f.as_str()))).collect();
-            format!("<errors>{fields}<message>{}</message><statusCode>{}</statusCode></errors>", escape(e.message.as_str()), e.code)
+            let fields: String =
+                e.fields.iter().flatten().map(|f| format!("<fields>{}</fields>", escape(f.as_str()))).collect();
+            format!(
+                "<errors>{fields}<message>{}</message><statusCode>{}</statusCode></errors>",
+                escape(e.message.as_str()),
+                e.code
+            )
         })
         .collect();
     format!(
@@ -188,15 +195,21 @@ fn err(code: &str, message: impl Into<String>, fields: &[&str]) -> SfError {
 
 /// Validates an id argument that must name a record of `object`.
 fn existing(state: &State, object: &str, raw: &str, field: &str) -> Result<String, SfError> {
-    let id = ids::normalize(raw).ok_or_else(|| err("MALFORMED_ID", format!("{field}: id value of incorrect type: {raw}"), &[field]))?;
+    let id = ids::normalize(raw)
+        .ok_or_else(|| err("MALFORMED_ID", format!("{field}: id value of incorrect type: {raw}"), &[field]))?;
     if state.get(object, &id).is_none() {
         return Err(err("INVALID_CROSS_REFERENCE_KEY", format!("invalid cross reference id: {raw}"), &[field]));
     }
     Ok(id)
 }
 
-fn convert_one(state: &mut State, c: &HashMap<String, Option<String>>, lock_fault: bool) -> Result<ConvertResult, SfError> {
-    let raw_lead = text(c, "leadId").ok_or_else(|| err("REQUIRED_FIELD_MISSING", "Required fields are missing: [leadId]", &["leadId"]))?;
+fn convert_one(
+    state: &mut State,
+    c: &HashMap<String, Option<String>>,
+    lock_fault: bool,
+) -> Result<ConvertResult, SfError> {
+    let raw_lead = text(c, "leadId")
+        .ok_or_else(|| err("REQUIRED_FIELD_MISSING", "Required fields are missing: [leadId]", &["leadId"]))?;
     let lead_id = existing(state, "Lead", raw_lead, "leadId")?;
     if lock_fault {
         return Err(crate::faults::unable_to_lock_row());
@@ -205,10 +218,14 @@ fn convert_one(state: &mut State, c: &HashMap<String, Option<String>>, lock_faul
     if lead.get("IsConverted").and_then(Value::as_bool) == Some(true) {
         return Err(err("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", &[]));
     }
-    let status = text(c, "convertedStatus")
-        .ok_or_else(|| err("REQUIRED_FIELD_MISSING", "Required fields are missing: [convertedStatus]", &["convertedStatus"]))?;
+    let status = text(c, "convertedStatus").ok_or_else(|| {
+        err("REQUIRED_FIELD_MISSING", "Required fields are missing: [convertedStatus]", &["convertedStatus"])
+    })?;
     let status_ok = state.data.records.get("LeadStatus").is_some_and(|m| {
-        m.values().any(|r| r.get("ApiName").and_then(Value::as_str) == Some(status) && r.get("IsConverted").and_then(Value::as_bool) == Some(true))
+        m.values().any(|r| {
+            r.get("ApiName").and_then(Value::as_str) == Some(status)
+                && r.get("IsConverted").and_then(Value::as_bool) == Some(true)
+        })
     });
     if !status_ok {
         return Err(err("INVALID_STATUS", format!("invalid convertedStatus: {status}"), &[]));
@@ -217,18 +234,31 @@ fn convert_one(state: &mut State, c: &HashMap<String, Option<String>>, lock_faul
         Some(raw) => {
             let id = existing(state, "User", raw, "ownerId")?;
             if state.get("User", &id).and_then(|u| u.get("IsActive")).and_then(Value::as_bool) != Some(true) {
-                return Err(err("INACTIVE_OWNER_OR_USER", format!("operation performed with inactive user [{id}] as owner of record"), &[]));
+                return Err(err(
+                    "INACTIVE_OWNER_OR_USER",
+                    format!("operation performed with inactive user [{id}] as owner of record"),
+                    &[],
+                ));
             }
             id
         }
-        None => lead.get("OwnerId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| state.integration_user_id.clone()),
+        None => lead
+            .get("OwnerId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| state.integration_user_id.clone()),
     };
     let account_arg = text(c, "accountId").map(|raw| existing(state, "Account", raw, "accountId")).transpose()?;
     let contact_arg = text(c, "contactId").map(|raw| existing(state, "Contact", raw, "contactId")).transpose()?;
     if let Some(contact) = &contact_arg {
-        let parent = state.get("Contact", contact).and_then(|r| r.get("AccountId")).and_then(Value::as_str).map(str::to_string);
+        let parent =
+            state.get("Contact", contact).and_then(|r| r.get("AccountId")).and_then(Value::as_str).map(str::to_string);
         if account_arg.is_none() || parent != account_arg {
-            return Err(err("INVALID_CROSS_REFERENCE_KEY", "The contact must belong to the specified account", &["contactId"]));
+            return Err(err(
+                "INVALID_CROSS_REFERENCE_KEY",
+                "The contact must belong to the specified account",
+                &["contactId"],
+            ));
         }
     }
     let lead_text = |name: &str| lead.get(name).cloned().unwrap_or(Value::Null);
@@ -236,7 +266,11 @@ fn convert_one(state: &mut State, c: &HashMap<String, Option<String>>, lock_faul
     let no_opp = flag(c, "doNotCreateOpportunity");
     let opp_name = text(c, "opportunityName").map(str::to_string).unwrap_or_else(|| company.clone());
     if !no_opp && opp_name.chars().count() > 120 {
-        return Err(err("STRING_TOO_LONG", format!("Name: data value too large: {opp_name} (max length=120)"), &["opportunityName"]));
+        return Err(err(
+            "STRING_TOO_LONG",
+            format!("Name: data value too large: {opp_name} (max length=120)"),
+            &["opportunityName"],
+        ));
     }
 
     let account_id = match account_arg {
@@ -317,7 +351,10 @@ pub(crate) fn handle(state: &mut State, req: &SoapRequest, lock_fault: bool) -> 
         );
     }
     if req.lead_converts.len() > 200 {
-        return (500, fault("sf:EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"));
+        return (
+            500,
+            fault("sf:EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"),
+        );
     }
     let mut results = String::new();
     for c in &req.lead_converts {

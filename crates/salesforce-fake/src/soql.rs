@@ -37,11 +37,7 @@ fn error_at(q: &str, pos: usize, code: &str, msg: &str) -> SfError {
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let col = before[line_start..].chars().count() + 1;
     let line = q[line_start..].lines().next().unwrap_or("");
-    SfError::new(
-        400,
-        code,
-        format!("\n{line}\n{}^\nERROR at Row:{row}:Column:{col}\n{msg}", " ".repeat(col - 1)),
-    )
+    SfError::new(400, code, format!("\n{line}\n{}^\nERROR at Row:{row}:Column:{col}\n{msg}", " ".repeat(col - 1)))
 }
 
 fn lex(q: &str) -> Result<Vec<Token>, SfError> {
@@ -139,7 +135,12 @@ fn lex(q: &str) -> Result<Vec<Token>, SfError> {
                     i += 1;
                 }
                 if !closed {
-                    return Err(error_at(q, pos, "MALFORMED_QUERY", "unexpected token: <EOF>: unterminated string literal"));
+                    return Err(error_at(
+                        q,
+                        pos,
+                        "MALFORMED_QUERY",
+                        "unexpected token: <EOF>: unterminated string literal",
+                    ));
                 }
                 out.push(Token { tok: Tok::Str(s), pos });
             }
@@ -290,7 +291,8 @@ impl<'a> Parser<'a> {
         };
         let parts: Vec<&str> = name.split('.').collect();
         // A leading "Object." qualifier is allowed, as in Salesforce.
-        let parts: Vec<&str> = if parts.len() > 1 && parts[0].eq_ignore_ascii_case(&object.name) { parts[1..].to_vec() } else { parts };
+        let parts: Vec<&str> =
+            if parts.len() > 1 && parts[0].eq_ignore_ascii_case(&object.name) { parts[1..].to_vec() } else { parts };
         match parts.as_slice() {
             [field] => object.field(field).cloned().map(|field| FieldRef { field, via: None }).ok_or_else(no_such),
             [rel, field] => {
@@ -352,7 +354,9 @@ impl<'a> Parser<'a> {
             if let Lit::Str(s) = lit {
                 return match ids::normalize(s) {
                     Some(id) => Ok(Lit::Str(id)),
-                    None => Err(error_at(self.q, pos, "INVALID_QUERY_FILTER_OPERATOR", &format!("invalid ID field: {s}"))),
+                    None => {
+                        Err(error_at(self.q, pos, "INVALID_QUERY_FILTER_OPERATOR", &format!("invalid ID field: {s}")))
+                    }
                 };
             }
         }
@@ -479,7 +483,9 @@ fn parse(state: &State, q: &str) -> Result<Query, SfError> {
     let mut fields = Vec::new();
     for (name, pos) in &names {
         let f = p.resolve(name, *pos)?;
-        let dup = fields.iter().any(|g: &FieldRef| g.field.name == f.field.name && g.via.as_ref().map(|v| &v.0) == f.via.as_ref().map(|v| &v.0));
+        let dup = fields.iter().any(|g: &FieldRef| {
+            g.field.name == f.field.name && g.via.as_ref().map(|v| &v.0) == f.via.as_ref().map(|v| &v.0)
+        });
         if dup {
             return Err(error_at(q, *pos, "INVALID_FIELD", &format!("duplicate field selected: {name}")));
         }
@@ -593,7 +599,13 @@ fn eval(state: &State, rec: &Record, c: &Cond) -> bool {
         }
         Cond::In(f, negated, list) => {
             let v = value_of(state, rec, f);
-            let hit = list.iter().any(|lit| if *lit == Lit::Null { v.is_null() } else { compare(&f.field, &v, lit) == Some(Ordering::Equal) });
+            let hit = list.iter().any(|lit| {
+                if *lit == Lit::Null {
+                    v.is_null()
+                } else {
+                    compare(&f.field, &v, lit) == Some(Ordering::Equal)
+                }
+            });
             hit != *negated
         }
     }
@@ -602,8 +614,20 @@ fn eval(state: &State, rec: &Record, c: &Cond) -> bool {
 fn order_values(a: &Value, b: &Value, nulls_first: bool) -> Ordering {
     match (a, b) {
         (Value::Null, Value::Null) => Ordering::Equal,
-        (Value::Null, _) => if nulls_first { Ordering::Less } else { Ordering::Greater },
-        (_, Value::Null) => if nulls_first { Ordering::Greater } else { Ordering::Less },
+        (Value::Null, _) => {
+            if nulls_first {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            }
+        }
+        (_, Value::Null) => {
+            if nulls_first {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            }
+        }
         (Value::String(x), Value::String(y)) => x.to_lowercase().cmp(&y.to_lowercase()).then_with(|| x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
         (Value::Number(x), Value::Number(y)) => {
@@ -620,7 +644,8 @@ pub(crate) fn run(state: &State, q: &str) -> Result<Value, SfError> {
     let query = parse(state, q)?;
     let empty = Default::default();
     let all = state.data.records.get(&query.object.name).unwrap_or(&empty);
-    let mut rows: Vec<&Record> = all.values().filter(|r| query.cond.as_ref().is_none_or(|c| eval(state, r, c))).collect();
+    let mut rows: Vec<&Record> =
+        all.values().filter(|r| query.cond.as_ref().is_none_or(|c| eval(state, r, c))).collect();
     if !query.order.is_empty() {
         rows.sort_by(|a, b| {
             for (f, desc, nulls_first) in &query.order {
@@ -629,7 +654,11 @@ pub(crate) fn run(state: &State, q: &str) -> Result<Value, SfError> {
                 let ord = match (va.is_null(), vb.is_null()) {
                     (false, false) => {
                         let o = order_values(&va, &vb, *nulls_first);
-                        if *desc { o.reverse() } else { o }
+                        if *desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
                     }
                     _ => order_values(&va, &vb, *nulls_first),
                 };

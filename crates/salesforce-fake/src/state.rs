@@ -118,7 +118,10 @@ pub(crate) fn parse_datetime(s: &str) -> Option<OffsetDateTime> {
     }
     // +0000 → +00:00
     let b = s.as_bytes();
-    if b.len() > 5 && (b[b.len() - 5] == b'+' || b[b.len() - 5] == b'-') && b[b.len() - 4..].iter().all(u8::is_ascii_digit) {
+    if b.len() > 5
+        && (b[b.len() - 5] == b'+' || b[b.len() - 5] == b'-')
+        && b[b.len() - 4..].iter().all(u8::is_ascii_digit)
+    {
         let fixed = format!("{}:{}", &s[..s.len() - 2], &s[s.len() - 2..]);
         return OffsetDateTime::parse(&fixed, &Rfc3339).ok();
     }
@@ -241,11 +244,10 @@ impl State {
     fn derive(&self, object: &str, rec: &mut Record) {
         if object == "Opportunity" {
             let stage = rec.get("StageName").and_then(Value::as_str).unwrap_or_default().to_string();
-            let row = self
-                .data
-                .records
-                .get("OpportunityStage")
-                .and_then(|m| m.values().find(|r| r.get("ApiName").and_then(Value::as_str) == Some(stage.as_str())));
+            let row =
+                self.data.records.get("OpportunityStage").and_then(|m| {
+                    m.values().find(|r| r.get("ApiName").and_then(Value::as_str) == Some(stage.as_str()))
+                });
             let flag = |name: &str| row.and_then(|r| r.get(name)).and_then(Value::as_bool).unwrap_or(false);
             rec.insert("IsClosed".into(), Value::Bool(flag("IsClosed")));
             rec.insert("IsWon".into(), Value::Bool(flag("IsWon")));

@@ -30,7 +30,11 @@ async fn client_credentials_answers_salesforce_token_shape() {
     let org = FakeOrg::start(config()).await;
     let res = reqwest::Client::new()
         .post(format!("{}/services/oauth2/token", org.url()))
-        .form(&[("grant_type", "client_credentials"), ("client_id", "test-client-id"), ("client_secret", "test-client-secret")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "test-client-id"),
+            ("client_secret", "test-client-secret"),
+        ])
         .send()
         .await
         .unwrap();
@@ -79,11 +83,18 @@ async fn unknown_grant_type_is_refused() {
 #[tokio::test]
 async fn jwt_signed_with_test_key_gets_a_working_token() {
     let org = FakeOrg::start(config()).await;
-    let (status, v) = jwt(&org, &assertion(&private_key(), "https://login.salesforce.com", now() + 120, "integration@bank.example")).await;
+    let (status, v) =
+        jwt(&org, &assertion(&private_key(), "https://login.salesforce.com", now() + 120, "integration@bank.example"))
+            .await;
     assert_eq!(status, 200, "{v}");
     assert!(v.get("refresh_token").is_none());
     let token = v["access_token"].as_str().unwrap();
-    let res = reqwest::Client::new().get(format!("{}{V}/sobjects/Lead/describe", org.url())).bearer_auth(token).send().await.unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("{}{V}/sobjects/Lead/describe", org.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 
@@ -116,7 +127,9 @@ async fn jwt_signed_with_another_key_expired_or_wrong_user_is_refused() {
 #[tokio::test]
 async fn jwt_flow_is_disabled_without_a_public_key() {
     let org = FakeOrg::start(salesforce_fake::OrgConfig::default()).await;
-    let (status, v) = jwt(&org, &assertion(&private_key(), "https://login.salesforce.com", now() + 120, "integration@bank.example")).await;
+    let (status, v) =
+        jwt(&org, &assertion(&private_key(), "https://login.salesforce.com", now() + 120, "integration@bank.example"))
+            .await;
     assert_eq!(status, 400);
     assert_eq!(v["error"], "invalid_grant");
 }
@@ -129,7 +142,8 @@ async fn calls_without_valid_token_get_invalid_session_id() {
     assert!(res.headers().get("sforce-limit-info").is_some());
     let v: Value = res.json().await.unwrap();
     assert_eq!(v, json!([{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]));
-    let res = c.http.get(format!("{}{V}/sobjects/Lead/describe", c.org.url())).bearer_auth("made-up").send().await.unwrap();
+    let res =
+        c.http.get(format!("{}{V}/sobjects/Lead/describe", c.org.url())).bearer_auth("made-up").send().await.unwrap();
     assert_eq!(res.status(), 401);
 }
 

@@ -8,7 +8,8 @@ pub const V: &str = "/services/data/v62.0";
 
 /// The throwaway test key pair (see testdata/README.md).
 pub fn public_key() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/jwt_test_public.pem")).expect("test public key")
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/jwt_test_public.pem"))
+        .expect("test public key")
 }
 
 pub fn private_key() -> Vec<u8> {
@@ -47,7 +48,11 @@ impl Answer {
 pub async fn token(org: &FakeOrg, http: &reqwest::Client) -> String {
     let res = http
         .post(format!("{}/services/oauth2/token", org.url()))
-        .form(&[("grant_type", "client_credentials"), ("client_id", "test-client-id"), ("client_secret", "test-client-secret")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "test-client-id"),
+            ("client_secret", "test-client-secret"),
+        ])
         .send()
         .await
         .unwrap();
