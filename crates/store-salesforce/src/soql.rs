@@ -34,14 +34,30 @@ pub(crate) fn sobject(record_type: RecordType) -> &'static str {
 }
 
 /// Whether `id` can be a Salesforce id of that type: 15 or 18 letters and digits with the object's key
-/// prefix (`00Q` Lead, `006` Opportunity). Anything else is unknown without asking the org, which also
-/// keeps arbitrary text out of queries.
+/// prefix (`00Q` Lead, `006` Opportunity), and for 18 characters the case-safe suffix that encodes the
+/// case of the first 15. Anything else is unknown without asking the org, which also keeps arbitrary text
+/// out of queries (the org refuses a malformed id in a filter with an error, not an empty answer).
 pub(crate) fn is_record_id(record_type: RecordType, id: &str) -> bool {
     let prefix = match record_type {
         RecordType::Lead => "00Q",
         RecordType::Opportunity => "006",
     };
-    (id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric()) && id.starts_with(prefix)
+    let shape = (id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    shape && id.starts_with(prefix) && (id.len() == 15 || id[15..] == case_suffix(&id[..15]))
+}
+
+/// The three characters Salesforce appends to a 15-character id: for each group of five, a bit per
+/// upper-case letter, as one of `A`–`Z`, `0`–`5`.
+fn case_suffix(id15: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    id15.as_bytes()
+        .chunks(5)
+        .map(|chunk| {
+            let bits =
+                chunk.iter().enumerate().fold(0usize, |acc, (i, b)| acc | (usize::from(b.is_ascii_uppercase()) << i));
+            char::from(ALPHABET[bits])
+        })
+        .collect()
 }
 
 /// The `q=` parameter of a query URL, percent-encoded except for composite references, which the org
@@ -73,10 +89,13 @@ mod tests {
 
     #[test]
     fn record_ids_are_checked_by_shape_and_prefix() {
-        assert!(is_record_id(RecordType::Lead, "00Q5g00000ABCDEFGH"));
+        // Salesforce's documented example: 001A0000006Vm9r → 001A0000006Vm9rIAC.
+        assert_eq!(case_suffix("001A0000006Vm9r"), "IAC");
         assert!(is_record_id(RecordType::Lead, "00Q5g00000ABCDE"));
-        assert!(!is_record_id(RecordType::Opportunity, "00Q5g00000ABCDEFGH"));
-        assert!(is_record_id(RecordType::Opportunity, "0065g00000ABCDEFGH"));
+        assert!(is_record_id(RecordType::Lead, &format!("00Q5g00000ABCDE{}", case_suffix("00Q5g00000ABCDE"))));
+        assert!(!is_record_id(RecordType::Lead, "00Q5g00000ABCDEAAA"), "wrong suffix");
+        assert!(!is_record_id(RecordType::Opportunity, "00Q5g00000ABCDE"));
+        assert!(is_record_id(RecordType::Opportunity, "0065g00000ABCDE"));
         for bad in ["", "00Q", "00Q5g00000ABCDEFG", "00Q5g00000ABCDEF'H", "00Q5g00000ABC EFGH", "00Q5g00000ABCDEFGHI"] {
             assert!(!is_record_id(RecordType::Lead, bad), "{bad}");
         }
