@@ -160,19 +160,29 @@ pub(crate) async fn create(
         );
     }
     c.create(client, "created", sobject(record_type), new_record(&s.config, record_type, request, &owner_user, today));
-    let id = match c.send(client, label("create", "write"), Repeat::Once).await {
-        Ok(parts) => parts
-            .last()
-            .and_then(|p| p.body.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| StoreError::OutcomeUnknown("a create answered without an id".into()))?,
+    // The org's own creation time, in the same call, so the history says what the record says.
+    c.query(client, "stamp", &format!("SELECT CreatedDate FROM {} WHERE Id = '@{{created.id}}'", sobject(record_type)));
+    let (id, at) = match c.send(client, label("create", "write"), Repeat::Once).await {
+        Ok(parts) => {
+            let id = parts[parts.len() - 2]
+                .body
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| StoreError::OutcomeUnknown("a create answered without an id".into()))?;
+            let stamp = parts[parts.len() - 1].records().ok().and_then(|r| r.into_iter().next());
+            let at = stamp
+                .map(|r| records::parse_time(r.get("CreatedDate")))
+                .filter(|t| *t != OffsetDateTime::UNIX_EPOCH)
+                .unwrap_or_else(OffsetDateTime::now_utc);
+            (id, at)
+        }
         Err(e) if e.may_have_applied() => {
-            resolve_create(s, request, &before, record_type, &close, &owner_user, e).await?
+            let id = resolve_create(s, request, &before, record_type, &close, &owner_user, e).await?;
+            (id, OffsetDateTime::now_utc())
         }
         Err(e) => return Err(s.error(e)),
     };
-    let at = OffsetDateTime::now_utc();
     let open = record_type.open_status();
     let mut entries: Vec<AuditEntry> = close
         .iter()

@@ -32,7 +32,15 @@ pub(crate) async fn get(
     // The owner's RM code rides in the same call, by reference to the record's OwnerId.
     c.query(client, "owner", &format!("SELECT Id, {field} FROM User WHERE Id = '@{{rec.records[0].OwnerId}}'"));
     if record_type == RecordType::Opportunity {
-        c.query(client, "src", &format!("SELECT Id FROM Lead WHERE ConvertedOpportunityId = {} LIMIT 1", literal(id)));
+        c.query(
+            client,
+            "src",
+            &format!(
+                "SELECT {} FROM Lead WHERE ConvertedOpportunityId = {} LIMIT 1",
+                records::LEAD_CUSTOMER,
+                literal(id)
+            ),
+        );
     }
     let parts = c.send(client, Label { operation: "get", step: "read" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
     let Some(record) = parts[0].records().map_err(|e| s.error(e))?.into_iter().next() else {
@@ -44,13 +52,14 @@ pub(crate) async fn get(
         s.owners.remember_user(u.get("Id").and_then(Value::as_str)?, &code);
         Some(code)
     });
-    let source = parts
-        .get(2)
-        .and_then(|p| p.records().ok())
-        .and_then(|r| r.into_iter().next())
-        .and_then(|l| records::id(&l).map(str::to_owned));
+    let source = parts.get(2).and_then(|p| p.records().ok()).and_then(|r| r.into_iter().next());
+    let from = source.as_ref().and_then(|l| records::id(l).map(str::to_owned));
+    let mut record = to_record(&s.config, record_type, &record, owner, from);
+    if let Some(lead) = &source {
+        records::customer_from_lead(&mut record, lead);
+    }
     let history = s.sidecar.history(id).await?;
-    Ok(Some(RecordWithHistory { record: to_record(&s.config, record_type, &record, owner, source), history }))
+    Ok(Some(RecordWithHistory { record, history }))
 }
 
 pub(crate) async fn search(
@@ -78,17 +87,20 @@ pub(crate) async fn search(
     let opportunities = parts[1].records().map_err(|e| s.error(e))?;
     let codes = owner_codes(s, leads.iter().chain(&opportunities)).await?;
     let code = |r: &Value| records::owner_user(r).and_then(|u| codes.get(u).cloned());
-    let source: HashMap<&str, &str> = leads
-        .iter()
-        .filter_map(|l| Some((l.get("ConvertedOpportunityId").and_then(Value::as_str)?, records::id(l)?)))
-        .collect();
+    let source: HashMap<&str, &Value> =
+        leads.iter().filter_map(|l| Some((l.get("ConvertedOpportunityId").and_then(Value::as_str)?, l))).collect();
     Ok(SearchResult {
         leads: leads.iter().map(|r| to_record(&s.config, RecordType::Lead, r, code(r), None)).collect(),
         opportunities: opportunities
             .iter()
             .map(|r| {
-                let from = records::id(r).and_then(|id| source.get(id)).map(|s| (*s).to_owned());
-                to_record(&s.config, RecordType::Opportunity, r, code(r), from)
+                let lead = records::id(r).and_then(|id| source.get(id));
+                let from = lead.and_then(|l| records::id(l)).map(str::to_owned);
+                let mut record = to_record(&s.config, RecordType::Opportunity, r, code(r), from);
+                if let Some(lead) = lead {
+                    records::customer_from_lead(&mut record, lead);
+                }
+                record
             })
             .collect(),
     })

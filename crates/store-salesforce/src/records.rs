@@ -22,7 +22,7 @@ const SF_TIME: &[FormatItem<'static>] = format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3][offset_hour sign:mandatory][offset_minute]"
 );
 
-fn parse_time(v: Option<&Value>) -> OffsetDateTime {
+pub(crate) fn parse_time(v: Option<&Value>) -> OffsetDateTime {
     v.and_then(Value::as_str)
         .and_then(|s| OffsetDateTime::parse(s, SF_TIME).ok())
         .map(|t| t.to_offset(time::UtcOffset::UTC))
@@ -149,16 +149,9 @@ pub(crate) fn to_record(
         _ if record_type == RecordType::Lead => CustomerType::Ntb,
         _ => CustomerType::Etb,
     };
-    let full_name = match record_type {
-        RecordType::Lead => {
-            let name = [text(record, "FirstName"), text(record, "LastName").filter(|n| *n != NO_NAME)]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" ");
-            (!name.is_empty()).then(|| FullName::from_stored(name))
-        }
-        RecordType::Opportunity => None,
+    let (full_name, email, phone) = match record_type {
+        RecordType::Lead => to_record_customer(record),
+        RecordType::Opportunity => (None, None, None),
     };
     let owner = owner_code.or_else(|| owned("OwnerId")).unwrap_or_default();
     Record {
@@ -170,8 +163,8 @@ pub(crate) fn to_record(
         id_number: IdNumber::from_stored(owned(&f.id_number).unwrap_or_default()),
         cif: owned(&f.cif).map(Cif::from_stored),
         full_name,
-        phone: (record_type == RecordType::Lead).then(|| owned("Phone").map(Phone::from_stored)).flatten(),
-        email: (record_type == RecordType::Lead).then(|| owned("Email").map(Email::from_stored)).flatten(),
+        phone,
+        email,
         product: Product::from_stored(owned(&f.product).unwrap_or_default()),
         channel: Channel::from_stored(owned(&f.channel).unwrap_or_else(|| "CRM".into())),
         journey_id: owned(&f.journey_id).map(JourneyId::from_stored),
@@ -183,6 +176,31 @@ pub(crate) fn to_record(
         created_at: parse_time(record.get("CreatedDate")),
         updated_at: parse_time(record.get("LastModifiedDate")),
     }
+}
+
+/// The lead fields an opportunity converted from it shows as its customer's: Salesforce keeps the name,
+/// e-mail and phone on the lead (and the contact made from it), not on the opportunity.
+pub(crate) const LEAD_CUSTOMER: &str = "Id, FirstName, LastName, Email, Phone";
+
+/// Gives an opportunity converted from `lead` that lead's name, e-mail and phone.
+pub(crate) fn customer_from_lead(record: &mut Record, lead: &Value) {
+    let lead = to_record_customer(lead);
+    record.full_name = lead.0;
+    record.email = lead.1;
+    record.phone = lead.2;
+}
+
+fn to_record_customer(lead: &Value) -> (Option<FullName>, Option<Email>, Option<Phone>) {
+    let name = [text(lead, "FirstName"), text(lead, "LastName").filter(|n| *n != NO_NAME)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    (
+        (!name.is_empty()).then(|| FullName::from_stored(name)),
+        text(lead, "Email").map(|e| Email::from_stored(e.to_owned())),
+        text(lead, "Phone").map(|p| Phone::from_stored(p.to_owned())),
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -56,7 +56,9 @@ async fn create_reads_once_and_writes_once_even_on_a_cold_cache() {
     let write = calls[1].body.as_ref().unwrap();
     assert_eq!(write["allOrNone"], json!(true));
     let subs = write["compositeRequest"].as_array().unwrap();
-    assert_eq!(subs.len(), 1);
+    assert_eq!(subs.len(), 2, "the create, and the org's creation time read by reference");
+    assert_eq!(subs[1]["method"], "GET");
+    assert!(decoded(subs[1]["url"].as_str().unwrap()).contains("WHERE Id = '@{created.id}'"));
     assert_eq!(
         (subs[0]["method"].as_str(), subs[0]["url"].as_str()),
         (Some("POST"), Some("/services/data/v62.0/sobjects/Lead"))
@@ -94,7 +96,7 @@ async fn create_reads_once_and_writes_once_even_on_a_cold_cache() {
     let calls = take(&env.org);
     assert_eq!(calls.len(), 2);
     let subs = calls[1].body.as_ref().unwrap()["compositeRequest"].as_array().unwrap().clone();
-    assert_eq!(subs.len(), 2);
+    assert_eq!(subs.len(), 3);
     assert_eq!(subs[0]["method"], "PATCH");
     assert_eq!(subs[0]["url"], format!("/services/data/v62.0/sobjects/Lead/{}", first.id));
     assert_eq!(subs[0]["body"], json!({"Status": "Closed - Not Converted"}));

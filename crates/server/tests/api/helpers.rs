@@ -4,6 +4,7 @@ use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
+use salesforce_fake::{FakeOrg, OrgConfig};
 use store_postgres::scratch::ScratchDb;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,13 +21,41 @@ pub const SEARCH: &str = "/integration-service/int/api/crm/v1/search";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// A fake org (as Salesforce documents it) with a local SQLite store beside it.
+    Salesforce,
 }
 
 /// Keeps a test's database alive until the test ends.
 enum Guard {
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Pg(#[allow(dead_code)] ScratchDb),
+    Org(#[allow(dead_code)] FakeOrg, #[allow(dead_code)] tempfile::TempDir),
     Gone,
+}
+
+/// The relationship managers the fake org knows: `R`, `RM0`–`RM9` and `RM000`–`RM099`.
+pub fn fake_org_rms() -> Vec<String> {
+    let rms = (0..10).map(|i| format!("RM{i}")).chain((0..100).map(|i| format!("RM{i:03}")));
+    std::iter::once("R".to_owned()).chain(rms).collect()
+}
+
+/// A fake org with the test RMs as active users.
+pub async fn fake_org() -> FakeOrg {
+    let org = FakeOrg::start(OrgConfig::default()).await;
+    for rm in fake_org_rms() {
+        org.add_user(&rm, true);
+    }
+    org
+}
+
+/// The `[salesforce]` section for `org`, as an operator writes it, validated as the service does.
+pub fn salesforce_settings(org: &FakeOrg, local_store: &str) -> store_salesforce::SalesforceConfig {
+    let text = format!(
+        "instance_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"test-client-id\"\nlocal_store = \"{local_store}\"\ntimeout_ms = 5000\n",
+        org.url()
+    );
+    let section: store_salesforce::SalesforceSection = toml::from_str(&text).unwrap();
+    section.validate(Some("test-client-secret".into())).unwrap()
 }
 
 pub struct TestApp {
@@ -38,8 +67,9 @@ pub struct TestApp {
     guard: Guard,
 }
 
-/// Expands each `async fn name(app: TestApp) { … }` into a module `name` with two tests, `sqlite` and
-/// `postgres`, each running the body against the real app on a fresh database of that backend.
+/// Expands each `async fn name(app: TestApp) { … }` into a module `name` with three tests, `sqlite`,
+/// `postgres` and `salesforce`, each running the body against the real app on a fresh store of that backend
+/// (for Salesforce: a fresh fake org and a fresh local store).
 #[macro_export]
 macro_rules! both_backends {
     ($(async fn $name:ident($app:ident: TestApp) $body:block)*) => {$(
@@ -54,6 +84,10 @@ macro_rules! both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 run($crate::helpers::spawn($crate::helpers::Backend::Postgres).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn salesforce() {
+                run($crate::helpers::spawn($crate::helpers::Backend::Salesforce).await).await
             }
         }
     )*};
@@ -75,8 +109,19 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> 
             let db = ScratchDb::create("crm_api").await;
             (StoreUrl::Postgres(db.url.clone()), Guard::Pg(db))
         }
+        Backend::Salesforce => {
+            let org = fake_org().await;
+            let dir = tempfile::tempdir().unwrap();
+            let local = format!("sqlite://{}", dir.path().join("local.db").display());
+            let config = salesforce_settings(&org, &local);
+            return start_with(Settings { salesforce: Some(config), ..Settings::default() }, StoreUrl::Salesforce, Guard::Org(org, dir), tweak).await;
+        }
     };
-    let mut settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, ..Settings::default() };
+    start_with(Settings::default(), store, guard, tweak).await
+}
+
+async fn start_with(base: Settings, store: StoreUrl, guard: Guard, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, ..base };
     tweak(&mut settings);
     start(settings, guard).await
 }
@@ -154,6 +199,14 @@ impl TestApp {
     /// A second replica: another server on the same database.
     pub async fn replica(&self) -> TestApp {
         start(self.settings.clone(), Guard::Gone).await
+    }
+
+    /// The fake org this app runs on, if it runs on Salesforce.
+    pub fn org(&self) -> Option<&FakeOrg> {
+        match &self.guard {
+            Guard::Org(org, _) => Some(org),
+            _ => None,
+        }
     }
 
     /// The PostgreSQL URL of this app's database, if it runs on PostgreSQL.
