@@ -86,8 +86,8 @@ impl Sidecar for PgStore {
         let name = format!("sidecar:{key}");
         let local =
             tokio::time::timeout_at(deadline, self.stripe(&name).clone().lock_owned()).await.map_err(|_| busy())?;
-        let conn = tokio::time::timeout_at(deadline, self.pool().acquire()).await.map_err(|_| busy())?;
-        let mut session = Session(Some(conn.map_err(error)?));
+        // Not bounded by `wait`, which is for another holder: the pool's own acquire timeout bounds this.
+        let mut session = Session(Some(self.pool().acquire().await.map_err(error)?));
         let mut pause = Duration::from_millis(2);
         loop {
             let taken: bool =
