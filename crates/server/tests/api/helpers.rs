@@ -3,8 +3,8 @@ use std::path::Path;
 use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
 use reqwest::{Client, Response, StatusCode};
-use serde_json::{json, Value};
 use salesforce_fake::{FakeOrg, OrgConfig};
+use serde_json::{json, Value};
 use store_postgres::scratch::ScratchDb;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -109,15 +109,19 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> 
             let db = ScratchDb::create("crm_api").await;
             (StoreUrl::Postgres(db.url.clone()), Guard::Pg(db))
         }
-        Backend::Salesforce => {
-            let org = fake_org().await;
-            let dir = tempfile::tempdir().unwrap();
-            let local = format!("sqlite://{}", dir.path().join("local.db").display());
-            let config = salesforce_settings(&org, &local);
-            return start_with(Settings { salesforce: Some(config), ..Settings::default() }, StoreUrl::Salesforce, Guard::Org(org, dir), tweak).await;
-        }
+        Backend::Salesforce => return spawn_on_org(fake_org().await, None, tweak).await,
     };
     start_with(Settings::default(), store, guard, tweak).await
+}
+
+/// The real application on the Salesforce backend, on `org`, with a local store at `local_store` (a
+/// fresh SQLite file when `None`).
+pub async fn spawn_on_org(org: FakeOrg, local_store: Option<String>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let local = local_store.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("local.db").display()));
+    let config = salesforce_settings(&org, &local);
+    let base = Settings { salesforce: Some(config), ..Settings::default() };
+    start_with(base, StoreUrl::Salesforce, Guard::Org(org, dir), tweak).await
 }
 
 async fn start_with(base: Settings, store: StoreUrl, guard: Guard, tweak: impl FnOnce(&mut Settings)) -> TestApp {

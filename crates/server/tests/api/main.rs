@@ -16,3 +16,4 @@ mod observability;
 mod operations;
 mod reading;
 mod replicas;
+mod salesforce;
