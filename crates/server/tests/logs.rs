@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
+use salesforce_fake::{FakeOrg, OrgConfig};
 use serde_json::{json, Value};
 use store_postgres::scratch::ScratchDb;
+use store_salesforce::SalesforceSection;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -29,9 +31,14 @@ const CIF: &str = "CIF99887766";
 const PHONE: &str = "+84987654321";
 const EMAIL: &str = "tran.thi.b@example.org";
 const FULL_NAME: &str = "Tran Thi Bich";
+const SECRET: &str = "test-client-secret";
 
 async fn exercise(store: StoreUrl) {
-    let settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), store, ..Settings::default() };
+    exercise_with(Settings { store, ..Settings::default() }).await
+}
+
+async fn exercise_with(settings: Settings) {
+    let settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), ..settings };
     let app = Application::build(&settings).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -110,11 +117,25 @@ async fn no_personal_value_reaches_the_logs() {
     exercise(StoreUrl::Sqlite(dir.path().join("crm.db"))).await;
     let db = ScratchDb::create("crm_logs").await;
     exercise(StoreUrl::Postgres(db.url.clone())).await;
+    // Salesforce: a fake org in this process; its client secret and tokens must not be logged either.
+    let org = FakeOrg::start(OrgConfig::default()).await;
+    for rm in ["RM001", "RM002", "RM003"] {
+        org.add_user(rm, true);
+    }
+    let section: SalesforceSection = toml::from_str(&format!(
+        "instance_url = \"{}\"\nauth = \"client_credentials\"\nclient_id = \"test-client-id\"\nlocal_store = \"sqlite://{}\"\n",
+        org.url(),
+        dir.path().join("local.db").display()
+    ))
+    .unwrap();
+    let salesforce = section.validate(Some(SECRET.into())).unwrap();
+    exercise_with(Settings { store: StoreUrl::Salesforce, salesforce: Some(salesforce), ..Settings::default() }).await;
+    assert!(org.calls().len() > 10, "the Salesforce run reached the org");
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(logs.lines().count() > 100, "the capture works: {} lines", logs.lines().count());
     assert!(logs.contains("request completed"), "request lines are captured");
-    for raw in [ID_NUMBER, CIF, PHONE, &PHONE[1..], EMAIL, FULL_NAME, "Bich"] {
+    for raw in [ID_NUMBER, CIF, PHONE, &PHONE[1..], EMAIL, FULL_NAME, "Bich", SECRET, "access_token"] {
         let hit = logs.lines().find(|l| l.contains(raw));
         assert!(hit.is_none(), "{raw} is in the logs: {}", hit.unwrap_or_default());
     }
