@@ -6,7 +6,8 @@
 //! lock that outlives a statement and is shared between processes, and a row is visible to all of them; the
 //! lease bounds how long a holder that died (process killed) keeps others out. In front of the row sits an
 //! in-process mutex per key, so the waiters of one process queue in memory and only the first of them polls
-//! the table.
+//! the table. A holder that is alive but outlives its lease loses the key too: the lease must be longer than
+//! any hold (the CRM calls made under it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};

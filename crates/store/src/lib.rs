@@ -275,7 +275,9 @@ pub trait Idempotency: Send + Sync + 'static {
     /// is kept for `ttl` from the claim.
     async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError>;
 
-    /// Stores the response of the request that holds `key`.
+    /// Stores the response of the request that holds `key`: only a running claim with the same
+    /// `fingerprint` is completed, so a response already kept (by the operation itself, through
+    /// [`RequestContext::idempotency`]) is never overwritten.
     async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError>;
 
     /// Gives up a claim without a response (the request failed in a way worth retrying).
