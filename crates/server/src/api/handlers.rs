@@ -65,8 +65,10 @@ fn what(record_type: RecordType) -> &'static str {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "IDEMPOTENCY_KEY_IN_USE: the same key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "VALIDATION_FAILED (`errors` names every field) or IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED (`errors` names every field; an `ownerId` the CRM does not know), IDEMPOTENCY_KEY_REUSED, or CRM_REJECTED (the CRM refused the data; `errors` names its code)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -99,8 +101,10 @@ pub async fn create(
         (status = 409, description = "INVALID_TRANSITION: the record is Close Lost; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule, or CRM_REJECTED (the CRM refused the change; `errors` names its code)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -138,8 +142,10 @@ pub async fn close_won(
         (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule (status must be Close Lost), or CRM_REJECTED", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -167,8 +173,10 @@ pub async fn close_lost_opportunity(
         (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule (status must be Close Lost)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Breaks a rule (status must be Close Lost), or CRM_REJECTED", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
     )
 )]
