@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn each_refusal_names_its_key() {
-        let cases: Vec<(Box<dyn Fn(&mut SalesforceSection)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut SalesforceSection)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.client_id = None), "salesforce.client_id"),
             (Box::new(|s| s.auth = Some("password".into())), "salesforce.auth"),
             (Box::new(|s| s.api_version = Some("v62".into())), "salesforce.api_version"),

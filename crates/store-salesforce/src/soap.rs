@@ -74,10 +74,10 @@ pub(crate) fn parse_converted(xml: &str) -> Option<Converted> {
                 path.push(name);
             }
             Ok(Event::End(_)) => {
-                if path.pop().as_deref() == Some("errors") {
-                    if let Some(e) = current_error.take() {
-                        out.errors.push(e);
-                    }
+                let closing_errors = path.pop().as_deref() == Some("errors");
+                match current_error.take() {
+                    Some(e) if closing_errors => out.errors.push(e),
+                    kept => current_error = kept,
                 }
             }
             Ok(Event::Text(t)) => {

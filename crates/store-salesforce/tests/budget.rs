@@ -220,10 +220,9 @@ async fn the_org_refusing_the_data_is_a_rejection_naming_its_code() {
     env.org.validation_rule(
         "Lead",
         "OwnerId",
-        &env.org.records("User").into_iter().find(|u| u["FederationIdentifier"] == "RM002").unwrap()["Id"]
+        env.org.records("User").into_iter().find(|u| u["FederationIdentifier"] == "RM002").unwrap()["Id"]
             .as_str()
-            .unwrap()
-            .to_owned(),
+            .unwrap(),
         "RM002 takes no leads",
     );
     let r = env.store.create(&request(CustomerType::Ntb, "V2", "CARD", "RM002"), &ctx("r2")).await;
