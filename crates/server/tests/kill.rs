@@ -25,6 +25,8 @@ const INT: &str = "/integration-service/int/api/crm/v1";
 const KEYS: usize = 12;
 const KILLS: usize = 10;
 
+// The child is returned to the caller, which kills and waits for it.
+#[allow(clippy::zombie_processes)]
 fn start(store: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--log-format", "json"])
@@ -39,7 +41,8 @@ fn start(store: &str) -> (Child, String) {
         line.clear();
         if out.read_line(&mut line).unwrap_or(0) == 0 {
             let _ = child.kill();
-            panic!("the service exited before listening: {:?}", child.wait());
+            let status = child.wait();
+            panic!("the service exited before listening: {status:?}");
         }
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
             if v["message"] == "listening" {
