@@ -52,10 +52,13 @@ pub(crate) async fn get(
     record_type: RecordType,
     id: &str,
 ) -> Result<Option<RecordWithHistory>, StoreError> {
+    // One snapshot for both statements: a change committed between them could otherwise show a status
+    // the history does not have yet (or a history entry past the status).
+    let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.map_err(error)?;
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM records WHERE id = $1 AND record_type = $2"))
         .bind(id)
         .bind(record_type.as_str())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(error)?;
     let Some(row) = row else { return Ok(None) };
@@ -64,9 +67,11 @@ pub(crate) async fn get(
         "SELECT from_status, to_status, at, request_id, channel, reason FROM history WHERE record_id = $1 ORDER BY seq",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(error)?;
+    // Read-only: ending it either way releases the snapshot; commit says so without a warning.
+    tx.commit().await.map_err(error)?;
     let history = rows.iter().map(history_entry).collect::<Result<_, _>>()?;
     Ok(Some(RecordWithHistory { record, history }))
 }

@@ -132,6 +132,10 @@ pub(crate) fn get(
     record_type: RecordType,
     id: &str,
 ) -> Result<Option<RecordWithHistory>, StoreError> {
+    // One read transaction for both statements: in WAL mode it reads one snapshot, so a change the writer
+    // commits in between never shows a status the history does not have. Dropped (rolled back) at the end.
+    let tx = conn.unchecked_transaction().map_err(error)?;
+    let conn: &Connection = &tx;
     let mut stmt = conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE id = ?1 AND record_type = ?2"))
         .map_err(error)?;

@@ -75,3 +75,76 @@ both_backends! {
     }
 
 }
+
+/// Closes records while reading them over and over: every read must be one snapshot, so the history it
+/// shows ends at the status it shows. (Salesforce keeps records in the org and history beside it, so it
+/// cannot offer one snapshot; SQLite and PostgreSQL must.)
+async fn reads_see_one_snapshot(app: TestApp) {
+    let app = std::sync::Arc::new(app);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let (status, body) = app.create(&ntb(&format!("SNAP{i}"), "CARD", "RM001")).await;
+        assert_eq!(status, 201);
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let ids = std::sync::Arc::new(ids);
+    let writer = {
+        let (app, ids) = (app.clone(), ids.clone());
+        tokio::spawn(async move {
+            for (i, id) in ids.iter().enumerate() {
+                let (path, body) = if i % 2 == 0 {
+                    (
+                        LOST_LEAD,
+                        json!({ "leadId": id, "status": "Close Lost", "channel": "MOBILE_APP", "reason": "AML_REJECTED" }),
+                    )
+                } else {
+                    (CLOSE_WON, json!({ "leadId": id, "channel": "MOBILE_APP", "convertToOpportunity": false }))
+                };
+                let (status, answer) = app.call(path, &body).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        })
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..4 {
+        let (app, ids, done) = (app.clone(), ids.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            // Until the closes are over, then once more.
+            loop {
+                let last_round = done.load(std::sync::atomic::Ordering::SeqCst);
+                for id in ids.iter().skip(r) {
+                    let lead = app.record("leads", id).await;
+                    let last = lead["history"].as_array().unwrap().last().unwrap()["to"].clone();
+                    assert_eq!(last, lead["status"], "one snapshot: {lead}");
+                    reads += 1;
+                }
+                if last_round {
+                    break reads;
+                }
+            }
+        }));
+    }
+    writer.await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 0);
+    for id in ids.iter() {
+        let lead = app.record("leads", id).await;
+        assert_ne!(lead["status"], "New Lead", "every lead was closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_one_snapshot_on_sqlite() {
+    reads_see_one_snapshot(spawn(Backend::Sqlite).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_one_snapshot_on_postgres() {
+    reads_see_one_snapshot(spawn(Backend::Postgres).await).await
+}
