@@ -1,10 +1,11 @@
 //! The request-body edge: content type, size and JSON syntax, in that order (415, 413, 400). What passes
 //! is a `serde_json::Value` for [`super::fields`] to validate field by field (422).
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts};
+use http_body_util::LengthLimitError;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -20,6 +21,33 @@ pub fn declared_too_large(headers: &axum::http::HeaderMap) -> bool {
 
 /// A JSON request body, checked for content type, size and syntax.
 pub struct JsonBody(pub Value);
+
+/// The checks of a request head, in the order every route applies them (with or without an
+/// `Idempotency-Key`): 415 for a content type other than JSON, then 413 for a declared length over the
+/// limit, refused before a byte of the body is read.
+pub fn check_head(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_json(content_type) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    if declared_too_large(headers) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(())
+}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes. Only a body over the limit is 413; one that fails to
+/// arrive (the client hung up, a broken chunked encoding) is 400, whatever its size so far.
+pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::Malformed("the body did not arrive in full".into())
+        }
+    })
+}
 
 fn is_json(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
@@ -39,22 +67,9 @@ fn is_json(content_type: &str) -> bool {
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !is_json(content_type) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        // A declared length over the limit is refused before a byte of the body is read.
-        if declared_too_large(req.headers()) {
-            return Err(ApiError::PayloadTooLarge);
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::Malformed("the body could not be read".into())
-            }
-        })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        check_head(req.headers())?;
+        let bytes = read_body(req.into_body()).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::Malformed(e.to_string()))
     }
 }

@@ -28,7 +28,7 @@ use store::{Backend, Claim, StoredResponse};
 use super::answer::{self, Recorded};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::{declared_too_large, BODY_LIMIT};
+use super::extract::{check_head, read_body};
 use super::{request_id, AppState};
 use tracing::Instrument;
 
@@ -178,12 +178,14 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         None => key,
     };
     let (parts, body) = request.into_parts();
-    if declared_too_large(&parts.headers) {
-        return ApiError::PayloadTooLarge.into_response();
+    // The handler's own checks, in its order, before anything is claimed: a request refused here is
+    // refused the same way with or without a key.
+    if let Err(e) = check_head(&parts.headers) {
+        return e.into_response();
     }
-    let bytes = match to_bytes(body, BODY_LIMIT).await {
+    let bytes = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+        Err(e) => return e.into_response(),
     };
     let fp = fingerprint(&parts.method, parts.uri.path(), &bytes);
     match state.store.claim(&key, &fp, state.idempotency_lease, state.idempotency_ttl).await {

@@ -147,3 +147,70 @@ both_backends! {
     }
 
 }
+
+/// Sends a request head declaring a 1000-byte body, 10 bytes of it, then hangs up its sending side, and
+/// returns the status line of the answer.
+fn hang_up_mid_body(app: &TestApp, key: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(app.base.trim_start_matches("http://")).unwrap();
+    let key = key.map(|k| format!("Idempotency-Key: {k}\r\n")).unwrap_or_default();
+    write!(
+        conn,
+        "POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key}Content-Length: 1000\r\n\r\n{{\"a\": 1, "
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut text = Vec::new();
+    let _ = conn.read_to_end(&mut text);
+    String::from_utf8_lossy(&text).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_not_too_large() {
+    let app = spawn_app().await;
+    for key in [None, Some("hang-up-1")] {
+        let status = tokio::task::block_in_place(|| hang_up_mid_body(&app, key));
+        assert!(status.starts_with("HTTP/1.1 400"), "key {key:?}: {status:?}");
+    }
+    // Nothing was claimed for the key: the same key runs a real request.
+    let r = app.post_key(CREATE, "hang-up-1", &ntb("HANG1", "CARD", "RM001")).await;
+    assert_eq!(r.status(), 201);
+}
+
+/// Sends `head` and a chunked body of `size` bytes; returns the status line of the answer.
+fn chunked_status(app: &TestApp, head: &str, size: usize) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(app.base.trim_start_matches("http://")).unwrap();
+    write!(conn, "{head}Transfer-Encoding: chunked\r\n\r\n{size:x}\r\n{}\r\n0\r\n\r\n", "x".repeat(size)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_type_is_checked_before_size_with_or_without_a_key() {
+    let app = spawn_app().await;
+    let big = "x".repeat(70 * 1024);
+    for key in [None, Some("order-1")] {
+        let with_key = |req: reqwest::RequestBuilder| match key {
+            Some(k) => req.header("idempotency-key", k),
+            None => req,
+        };
+        // Declared too large (Content-Length) and not JSON: 415 first.
+        let req = app.client.post(format!("{}{CREATE}", app.base)).header("content-type", "text/plain");
+        problem(with_key(req).body(big.clone()).send().await.unwrap(), 415, "UNSUPPORTED_MEDIA_TYPE").await;
+        // The same without a declared length (chunked).
+        let head = format!(
+            "POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n{}",
+            key.map(|k| format!("Idempotency-Key: {k}\r\n")).unwrap_or_default()
+        );
+        let status = tokio::task::block_in_place(|| chunked_status(&app, &head, 70 * 1024));
+        assert!(status.starts_with("HTTP/1.1 415"), "key {key:?}: {status}");
+        // JSON but too large: 413.
+        let req = app.client.post(format!("{}{CREATE}", app.base)).header("content-type", "application/json");
+        problem(with_key(req).body(big.clone()).send().await.unwrap(), 413, "PAYLOAD_TOO_LARGE").await;
+    }
+}
