@@ -90,6 +90,12 @@ pub struct Settings {
     pub postgres_acquire_timeout: Duration,
     /// The `[salesforce]` section, validated; present exactly when `store` is `salesforce`.
     pub salesforce: Option<SalesforceConfig>,
+    /// Longest a connection may take to send a request head (from its accept, or the head's first byte).
+    pub header_read_timeout: Duration,
+    /// Longest a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond, new ones are refused at once.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -110,6 +116,9 @@ impl Default for Settings {
             rate_limit: None,
             postgres_acquire_timeout: Duration::from_secs(3),
             salesforce: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -133,6 +142,9 @@ pub struct FileSettings {
     pub max_in_flight: Option<usize>,
     pub rate_limit_per_second: Option<u32>,
     pub rate_limit_burst: Option<u32>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
     /// The Salesforce backend's settings (`store = "salesforce"`); see docs/salesforce.md.
     pub salesforce: Option<SalesforceSection>,
 }
@@ -163,6 +175,15 @@ pub struct Overrides {
     /// Log line format: json or compact [default: json]
     #[arg(long, env = "CRM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Longest wait for a request head, in milliseconds [default: 10000]
+    #[arg(long, env = "CRM_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Longest a keep-alive connection may sit idle, in milliseconds [default: 60000]
+    #[arg(long, env = "CRM_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most connections open at once; beyond, new ones are refused [default: 1024]
+    #[arg(long, env = "CRM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 /// A setting that stops start-up. Its `Display` is the one line the operator sees.
@@ -240,6 +261,31 @@ impl Settings {
                 }
                 *target = Duration::from_millis(v);
             }
+        }
+        for (name, value, target) in [
+            (
+                "header_read_timeout_ms (--header-read-timeout-ms, CRM_HEADER_READ_TIMEOUT_MS)",
+                overrides.header_read_timeout_ms.or(file.header_read_timeout_ms),
+                &mut s.header_read_timeout,
+            ),
+            (
+                "idle_timeout_ms (--idle-timeout-ms, CRM_IDLE_TIMEOUT_MS)",
+                overrides.idle_timeout_ms.or(file.idle_timeout_ms),
+                &mut s.idle_timeout,
+            ),
+        ] {
+            if let Some(v) = value {
+                if v == 0 || v > 3_600_000 {
+                    return Err(bad(name, "must be 1-3600000"));
+                }
+                *target = Duration::from_millis(v);
+            }
+        }
+        if let Some(v) = overrides.max_connections.or(file.max_connections) {
+            if v == 0 || v > 1_000_000 {
+                return Err(bad("max_connections (--max-connections, CRM_MAX_CONNECTIONS)", "must be 1-1000000"));
+            }
+            s.max_connections = v;
         }
         if let Some(v) = file.idempotency_ttl_secs {
             if v == 0 || v > 30 * 24 * 3600 {

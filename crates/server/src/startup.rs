@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::{Settings, StoreUrl};
+use crate::connections;
 use crate::observability::{self, Instrumented};
 
 /// Why the application could not start. Each message is one line naming what to fix.
@@ -123,6 +124,7 @@ pub struct Application {
     purge: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     backend: Opened,
     router: axum::Router,
+    limits: connections::Limits,
 }
 
 impl Application {
@@ -145,7 +147,12 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| StartError::Bind { addr: settings.listen, source })?;
-        Ok(Self { listener, backend, router, grace: settings.shutdown_grace, purge })
+        let limits = connections::Limits {
+            header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections,
+        };
+        Ok(Self { listener, backend, router, grace: settings.shutdown_grace, purge, limits })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -159,7 +166,7 @@ impl Application {
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, backend, router, grace, purge } = self;
+        let Self { listener, backend, router, grace, purge, limits } = self;
         let purger = tokio::spawn(purge);
         tracing::info!(address = %listener.local_addr()?, "listening");
         let (stopping, mut stopped) = tokio::sync::watch::channel(false);
@@ -167,10 +174,11 @@ impl Application {
             shutdown.await;
             let _ = stopping.send(true);
         });
-        let mut graceful = stopped.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
+        let watching = stopped.clone();
+        let server = async move {
+            connections::serve(listener, router, limits, watching).await;
+            Ok(())
+        };
         let deadline = async move {
             let _ = stopped.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;

@@ -7,6 +7,7 @@ mod auth;
 mod close_lost;
 mod close_won;
 mod concurrency;
+mod connections;
 mod create;
 mod errors;
 mod faults;
