@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    telemetry::init(settings.log_format, &settings.log_filter);
+    let _logs = telemetry::init(settings.log_format, &settings.log_filter);
     match cli.command {
         Command::Migrate(_) => migrate(&settings),
         Command::Check(_) => check(&settings),
