@@ -178,6 +178,24 @@ fn start_service(store: &str, extra_env: &[(&str, &str)]) -> Served {
     })
 }
 
+/// What the service did with the mix, from its own `crm_lifecycle_outcomes_total`: proof that the mix is
+/// the one described (creates that were CREATED, EXISTING or REPLACED, conversions, closes).
+fn outcomes(base: &str) -> Vec<(String, f64)> {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else { return Vec::new() };
+    let _ = write!(conn, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with("crm_lifecycle_outcomes_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.trim_start_matches("crm_lifecycle_outcomes_total").to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn print(run: &Run) {
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
     println!(
@@ -207,6 +225,7 @@ fn main() {
     std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua"))).expect("write mix.lua");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut runs: Vec<Run> = Vec::new();
+    let mut mixes: Vec<Value> = Vec::new();
 
     // The ceilings: a bare axum route, and the service's own /health/live (on an empty embedded store).
     let hello = serve(Command::new(sibling("hello")), |l| l.trim().strip_prefix("listening ").map(str::to_owned));
@@ -253,12 +272,18 @@ fn main() {
             print(&run);
             runs.push(run);
         }
+        let done = outcomes(&served.base);
+        for (labels, n) in &done {
+            println!("  {store}: {n:>8} {labels}");
+        }
+        mixes.push(json!({ "store": store, "outcomes": done.iter().map(|(l, n)| json!({"labels": l, "count": n})).collect::<Vec<_>>() }));
     }
     let results = json!({
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "preload": args.preload,
         "seconds": args.seconds,
         "runs": runs,
+        "outcomes": mixes,
     });
     if let Some(parent) = args.json.parent() {
         let _ = std::fs::create_dir_all(parent);
