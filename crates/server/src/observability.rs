@@ -134,14 +134,24 @@ impl Store for Instrumented {
 
 #[async_trait]
 impl Idempotency for Instrumented {
-    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
-        timed("idempotency_claim", self.0.claim(key, fingerprint, lease, ttl)).await
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        holder: &str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        timed("idempotency_claim", self.0.claim(key, fingerprint, holder, lease, ttl)).await
     }
-    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError> {
-        timed("idempotency_complete", self.0.complete(key, fingerprint, response)).await
+    async fn renew(&self, key: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+        timed("idempotency_renew", self.0.renew(key, holder, lease)).await
     }
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
-        timed("idempotency_release", self.0.release(key, fingerprint)).await
+    async fn complete(&self, key: &str, holder: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        timed("idempotency_complete", self.0.complete(key, holder, response)).await
+    }
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        timed("idempotency_release", self.0.release(key, holder)).await
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         timed("idempotency_purge", self.0.purge_expired()).await

@@ -134,8 +134,9 @@ impl Application {
         let state = AppState {
             store: Arc::new(Instrumented(backend.port())),
             request_timeout: settings.request_timeout,
-            // A claim outlives the longest request, so a running request is never taken over.
-            idempotency_lease: settings.request_timeout + Duration::from_secs(5),
+            // Renewed every third of it while the run is alive (see api::idempotency), so it bounds only how
+            // long a key stays taken after its holder died.
+            idempotency_lease: settings.request_timeout.max(Duration::from_secs(1)),
             idempotency_ttl: settings.idempotency_ttl,
             api_keys: Arc::new(settings.api_keys.clone()),
             rate_limit: settings.rate_limit.map(|(rate, burst)| api::overload::rate_limiter(rate, burst)),

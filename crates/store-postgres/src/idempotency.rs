@@ -2,9 +2,9 @@
 //! namespace, `idem:`), so two replicas racing on one key see each other's claim; times come from the
 //! database's clock, so replicas with skewed clocks agree on leases and expiry.
 //!
-//! A completion lands only on the claim it belongs to: the same key and fingerprint, still running. So the
+//! A completion lands only on the claim it belongs to: the same key and holder token, still running. So the
 //! response a write recorded in its own transaction (see [`answer`]) is never overwritten by a later
-//! `complete`.
+//! `complete`, nor a claim a retry took over (after its lease ran out) by the old holder's late answer.
 
 use std::time::Duration;
 
@@ -19,7 +19,14 @@ fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
 
-async fn claim_once(store: &PgStore, key: &str, fingerprint: &str, lease: &str, ttl: &str) -> Result<Claim, Failure> {
+async fn claim_once(
+    store: &PgStore,
+    key: &str,
+    fingerprint: &str,
+    holder: &str,
+    lease: &str,
+    ttl: &str,
+) -> Result<Claim, Failure> {
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('idem:' || $1, 0))").bind(key).execute(&mut *tx).await?;
     let row = sqlx::query(
@@ -40,25 +47,27 @@ async fn claim_once(store: &PgStore, key: &str, fingerprint: &str, lease: &str, 
         Some(r) if r.try_get::<Option<bool>, _>("leased")?.unwrap_or(false) => Claim::InUse,
         Some(_) => {
             // A running claim whose lease ran out: its holder died. Take it over.
-            sqlx::query("UPDATE idempotency_keys SET locked_until = now() + $2::interval WHERE key = $1")
+            sqlx::query("UPDATE idempotency_keys SET locked_until = now() + $2::interval, holder = $3 WHERE key = $1")
                 .bind(key)
                 .bind(lease)
+                .bind(holder)
                 .execute(&mut *tx)
                 .await?;
             Claim::Proceed
         }
         None => {
             sqlx::query(
-                "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at)
-                 VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval)
+                "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
+                 VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval, $5)
                  ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
                      locked_until = excluded.locked_until, expires_at = excluded.expires_at,
-                     status = NULL, content_type = NULL, location = NULL, body = NULL",
+                     holder = excluded.holder, status = NULL, content_type = NULL, location = NULL, body = NULL",
             )
             .bind(key)
             .bind(fingerprint)
             .bind(lease)
             .bind(ttl)
+            .bind(holder)
             .execute(&mut *tx)
             .await?;
             Claim::Proceed
@@ -68,21 +77,21 @@ async fn claim_once(store: &PgStore, key: &str, fingerprint: &str, lease: &str, 
     Ok(claim)
 }
 
-/// Stores the response of the running claim `key` holds for `fingerprint`, on `db` (the pool, or the
+/// Stores the response of the running claim `holder` took on `key`, on `db` (the pool, or the
 /// transaction of the write the response answers).
 pub(crate) async fn complete_with<'e>(
     db: impl PgExecutor<'e>,
     key: &str,
-    fingerprint: &str,
+    holder: &str,
     r: &StoredResponse,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE idempotency_keys
          SET state = 'done', locked_until = NULL, status = $3, content_type = $4, location = $5, body = $6
-         WHERE key = $1 AND fingerprint = $2 AND state = 'running'",
+         WHERE key = $1 AND holder = $2 AND state = 'running'",
     )
     .bind(key)
-    .bind(fingerprint)
+    .bind(holder)
     .bind(i32::from(r.status))
     .bind(&r.content_type)
     .bind(&r.location)
@@ -100,26 +109,47 @@ pub(crate) async fn answer(
     answer: Answer<'_>,
 ) -> Result<(), sqlx::Error> {
     match ctx.completion(answer) {
-        Some((key, fingerprint, response)) => complete_with(&mut **tx, key, fingerprint, &response).await,
+        Some((key, holder, response)) => complete_with(&mut **tx, key, holder, &response).await,
         None => Ok(()),
     }
 }
 
 #[async_trait]
 impl Idempotency for PgStore {
-    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        holder: &str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
         let (lease, ttl) = (interval(lease), interval(ttl));
-        retrying(|| claim_once(self, key, fingerprint, &lease, &ttl)).await
+        retrying(|| claim_once(self, key, fingerprint, holder, &lease, &ttl)).await
     }
 
-    async fn complete(&self, key: &str, fingerprint: &str, r: &StoredResponse) -> Result<(), StoreError> {
-        complete_with(self.pool(), key, fingerprint, r).await.map_err(crate::error)
+    async fn renew(&self, key: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE idempotency_keys SET locked_until = now() + $3::interval
+             WHERE key = $1 AND holder = $2 AND state = 'running'",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(interval(lease))
+        .execute(self.pool())
+        .await
+        .map_err(crate::error)?;
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND fingerprint = $2 AND state = 'running'")
+    async fn complete(&self, key: &str, holder: &str, r: &StoredResponse) -> Result<(), StoreError> {
+        complete_with(self.pool(), key, holder, r).await.map_err(crate::error)
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND holder = $2 AND state = 'running'")
             .bind(key)
-            .bind(fingerprint)
+            .bind(holder)
             .execute(self.pool())
             .await
             .map_err(crate::error)?;

@@ -131,8 +131,8 @@ impl Sidecar for PgStore {
             .await
             .map_err(error)?;
         }
-        if let Some((key, fingerprint, response)) = completion {
-            complete_with(&mut *tx, key, fingerprint, &response).await.map_err(error)?;
+        if let Some((key, holder, response)) = completion {
+            complete_with(&mut *tx, key, holder, &response).await.map_err(error)?;
         }
         tx.commit().await.map_err(error)
     }

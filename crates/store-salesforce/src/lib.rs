@@ -152,14 +152,24 @@ impl Store for SalesforceStore {
 
 #[async_trait]
 impl Idempotency for SalesforceStore {
-    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
-        self.sidecar.claim(key, fingerprint, lease, ttl).await
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        holder: &str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.sidecar.claim(key, fingerprint, holder, lease, ttl).await
     }
-    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError> {
-        self.sidecar.complete(key, fingerprint, response).await
+    async fn renew(&self, key: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+        self.sidecar.renew(key, holder, lease).await
     }
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
-        self.sidecar.release(key, fingerprint).await
+    async fn complete(&self, key: &str, holder: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        self.sidecar.complete(key, holder, response).await
+    }
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        self.sidecar.release(key, holder).await
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.sidecar.purge_expired().await

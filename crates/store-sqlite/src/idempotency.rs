@@ -1,10 +1,10 @@
 //! Idempotency keys in the embedded store. Every call is a writer job, so claims are serialized with
 //! everything else and durable before they are answered.
 //!
-//! A completion lands only on the claim it belongs to: the same key and fingerprint, still running. So a
+//! A completion lands only on the claim it belongs to: the same key and holder token, still running. So a
 //! response an operation recorded in its own transaction (see [`answer`]) is never overwritten by a later
 //! `complete`, and a claim taken over by a retry after its lease ended is not completed by the old holder's
-//! late answer twice.
+//! late answer.
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ pub(crate) fn claim(
     tx: &Transaction<'_>,
     key: &str,
     fingerprint: &str,
+    holder: &str,
     lease: Duration,
     ttl: Duration,
     now: OffsetDateTime,
@@ -51,34 +52,32 @@ pub(crate) fn claim(
         Some((_, _, Some(until), expires, ..)) if expires > now_text && until > now_text => Ok(Claim::InUse),
         Some((_, _, _, expires, ..)) if expires > now_text => {
             // A running claim whose lease ran out: its holder died. Take it over.
-            tx.execute("UPDATE idempotency_keys SET locked_until = ?1 WHERE key = ?2", params![locked_until, key])
-                .map_err(error)?;
+            tx.execute(
+                "UPDATE idempotency_keys SET locked_until = ?1, holder = ?3 WHERE key = ?2",
+                params![locked_until, key, holder],
+            )
+            .map_err(error)?;
             Ok(Claim::Proceed)
         }
         _ => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at)
-                 VALUES (?1, ?2, 'running', ?3, ?4)",
+                "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
             )
-            .and_then(|mut s| s.execute(params![key, fingerprint, locked_until, format_time(now + ttl)]))
+            .and_then(|mut s| s.execute(params![key, fingerprint, locked_until, format_time(now + ttl), holder]))
             .map_err(error)?;
             Ok(Claim::Proceed)
         }
     }
 }
 
-pub(crate) fn complete(
-    tx: &Transaction<'_>,
-    key: &str,
-    fingerprint: &str,
-    r: &StoredResponse,
-) -> Result<(), StoreError> {
+pub(crate) fn complete(tx: &Transaction<'_>, key: &str, holder: &str, r: &StoredResponse) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE idempotency_keys
          SET state = 'done', locked_until = NULL, status = ?3, content_type = ?4, location = ?5, body = ?6
-         WHERE key = ?1 AND fingerprint = ?2 AND state = 'running'",
+         WHERE key = ?1 AND holder = ?2 AND state = 'running'",
     )
-    .and_then(|mut s| s.execute(params![key, fingerprint, r.status, r.content_type, r.location, r.body]))
+    .and_then(|mut s| s.execute(params![key, holder, r.status, r.content_type, r.location, r.body]))
     .map_err(error)?;
     Ok(())
 }
@@ -92,18 +91,35 @@ pub(crate) fn answer(tx: &Transaction<'_>, ctx: &RequestContext, answer: Answer<
     let completion = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.completion(answer)))
         .map_err(|_| StoreError::internal("rendering the idempotent answer panicked"))?;
     match completion {
-        Some((key, fingerprint, response)) => complete(tx, key, fingerprint, &response),
+        Some((key, holder, response)) => complete(tx, key, holder, &response),
         None => Ok(()),
     }
 }
 
-pub(crate) fn release(tx: &Transaction<'_>, key: &str, fingerprint: &str) -> Result<(), StoreError> {
+pub(crate) fn release(tx: &Transaction<'_>, key: &str, holder: &str) -> Result<(), StoreError> {
     tx.execute(
-        "DELETE FROM idempotency_keys WHERE key = ?1 AND fingerprint = ?2 AND state = 'running'",
-        params![key, fingerprint],
+        "DELETE FROM idempotency_keys WHERE key = ?1 AND holder = ?2 AND state = 'running'",
+        params![key, holder],
     )
     .map_err(error)?;
     Ok(())
+}
+
+/// Extends `holder`'s running claim to `now + lease`; whether it is still `holder`'s.
+pub(crate) fn renew(
+    tx: &Transaction<'_>,
+    key: &str,
+    holder: &str,
+    lease: Duration,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE idempotency_keys SET locked_until = ?3 WHERE key = ?1 AND holder = ?2 AND state = 'running'",
+        )
+        .and_then(|mut s| s.execute(params![key, holder, format_time(now + lease)]))
+        .map_err(error)?;
+    Ok(n == 1)
 }
 
 pub(crate) fn purge(tx: &Transaction<'_>, now: OffsetDateTime) -> Result<u64, StoreError> {

@@ -234,20 +234,34 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl Idempotency for SqliteStore {
-    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError> {
-        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
-        self.submit(move |tx, _| idempotency::claim(tx, &key, &fingerprint, lease, ttl, OffsetDateTime::now_utc()))
-            .await
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        holder: &str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let (key, fingerprint, holder) = (key.to_owned(), fingerprint.to_owned(), holder.to_owned());
+        self.submit(move |tx, _| {
+            idempotency::claim(tx, &key, &fingerprint, &holder, lease, ttl, OffsetDateTime::now_utc())
+        })
+        .await
     }
 
-    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError> {
-        let (key, fingerprint, response) = (key.to_owned(), fingerprint.to_owned(), response.clone());
-        self.submit(move |tx, _| idempotency::complete(tx, &key, &fingerprint, &response)).await
+    async fn renew(&self, key: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.submit(move |tx, _| idempotency::renew(tx, &key, &holder, lease, OffsetDateTime::now_utc())).await
     }
 
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError> {
-        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
-        self.submit(move |tx, _| idempotency::release(tx, &key, &fingerprint)).await
+    async fn complete(&self, key: &str, holder: &str, response: &StoredResponse) -> Result<(), StoreError> {
+        let (key, holder, response) = (key.to_owned(), holder.to_owned(), response.clone());
+        self.submit(move |tx, _| idempotency::complete(tx, &key, &holder, &response)).await
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.submit(move |tx, _| idempotency::release(tx, &key, &holder)).await
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {

@@ -139,7 +139,7 @@ impl Sidecar for SqliteStore {
         completion: Option<(&str, &str, StoredResponse)>,
     ) -> Result<(), StoreError> {
         let entries = entries.to_vec();
-        let completion = completion.map(|(key, fingerprint, r)| (key.to_owned(), fingerprint.to_owned(), r));
+        let completion = completion.map(|(key, holder, r)| (key.to_owned(), holder.to_owned(), r));
         self.submit(move |tx, _| {
             let mut insert = tx
                 .prepare_cached(
@@ -165,7 +165,7 @@ impl Sidecar for SqliteStore {
                     .map_err(error)?;
             }
             match &completion {
-                Some((key, fingerprint, response)) => idempotency::complete(tx, key, fingerprint, response),
+                Some((key, holder, response)) => idempotency::complete(tx, key, holder, response),
                 None => Ok(()),
             }
         })

@@ -40,6 +40,8 @@ macro_rules! contract_suite {
             idempotency_claim_replay_mismatch,
             idempotency_leases_and_expiry,
             idempotency_concurrent_claims,
+            idempotency_only_the_holder_completes,
+            idempotency_renewal_keeps_a_slow_run,
             operations_record_their_idempotent_answer,
             unchanged_answers_are_recorded_too,
             refusals_and_foreign_tickets_record_nothing,
@@ -386,43 +388,43 @@ fn response(body: &str) -> StoredResponse {
 }
 
 pub async fn idempotency_claim_replay_mismatch(store: Arc<dyn Backend>) {
-    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
-    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
-    assert_eq!(store.claim("k1", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
+    assert_eq!(store.claim("k1", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k1", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
+    assert_eq!(store.claim("k1", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
     let r = response("{\"id\":\"x\"}\u{e9}");
     store.complete("k1", "fp-a", &r).await.unwrap();
-    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
-    assert_eq!(store.claim("k1", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
+    assert_eq!(store.claim("k1", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
+    assert_eq!(store.claim("k1", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Mismatch);
     // Released claims leave the key free.
-    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k2", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     store.release("k2", "fp-a").await.unwrap();
-    assert_eq!(store.claim("k2", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k2", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     // Releasing does not touch a completed key.
     store.release("k1", "fp-a").await.unwrap();
-    assert_eq!(store.claim("k1", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
+    assert_eq!(store.claim("k1", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
 }
 
 pub async fn idempotency_leases_and_expiry(store: Arc<dyn Backend>) {
     let short = Duration::from_millis(150);
     // A holder that died: its lease runs out and a retry takes the key over.
-    assert_eq!(store.claim("lease", "fp", short, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("lease", "fp", "fp", short, HOUR).await.unwrap(), Claim::Proceed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(store.claim("lease", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("lease", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     // An expired key is free for any request, and purged.
-    assert_eq!(store.claim("ttl", "fp-a", HOUR, short).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("ttl", "fp-a", "fp-a", HOUR, short).await.unwrap(), Claim::Proceed);
     store.complete("ttl", "fp-a", &response("{}")).await.unwrap();
-    assert_eq!(store.claim("keep", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("keep", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.purge_expired().await.unwrap(), 1, "only the expired key is purged");
-    assert_eq!(store.claim("ttl", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
-    assert_eq!(store.claim("keep", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    assert_eq!(store.claim("ttl", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("keep", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse);
 }
 
 pub async fn idempotency_concurrent_claims(store: Arc<dyn Backend>) {
     let tasks: Vec<_> = (0..24)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.claim("race", "fp", HOUR, HOUR).await.unwrap() })
+            tokio::spawn(async move { store.claim("race", "fp", "fp", HOUR, HOUR).await.unwrap() })
         })
         .collect();
     let mut proceed = 0;
@@ -434,6 +436,45 @@ pub async fn idempotency_concurrent_claims(store: Arc<dyn Backend>) {
         }
     }
     assert_eq!(proceed, 1, "exactly one request runs");
+}
+
+/// A run stalls past its lease and a retry takes the key over: from then on the stalled run's answer lands
+/// nowhere (not by `complete`, not in its operation's transaction), nor do its renewal and release.
+pub async fn idempotency_only_the_holder_completes(store: Arc<dyn Backend>) {
+    let short = Duration::from_millis(150);
+    assert_eq!(store.claim("stale", "fp", "run-a", short, HOUR).await.unwrap(), Claim::Proceed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.claim("stale", "fp", "run-b", HOUR, HOUR).await.unwrap(), Claim::Proceed, "taken over");
+    assert!(!store.renew("stale", "run-a", HOUR).await.unwrap(), "no longer run-a's");
+    store.complete("stale", "run-a", &response("from run-a")).await.unwrap();
+    store.release("stale", "run-a").await.unwrap();
+    let first = store.create(&ntb("RM001"), &with_ticket("r-a", "stale", "run-a")).await.unwrap();
+    assert_eq!(first.result, CreateResult::Created);
+    assert_eq!(store.claim("stale", "fp", "run-c", HOUR, HOUR).await.unwrap(), Claim::InUse, "still run-b's");
+    // The holder's own answer is the one kept, and a stale one after it changes nothing.
+    let second = store.create(&ntb("RM001"), &with_ticket("r-b", "stale", "run-b")).await.unwrap();
+    assert_eq!(second.result, CreateResult::Existing);
+    let kept = Claim::Replay(render(Answer::Create(&second)));
+    assert_eq!(store.claim("stale", "fp", "run-c", HOUR, HOUR).await.unwrap(), kept);
+    store.complete("stale", "run-a", &response("late")).await.unwrap();
+    store.complete("stale", "run-b", &response("late")).await.unwrap();
+    assert_eq!(store.claim("stale", "fp", "run-c", HOUR, HOUR).await.unwrap(), kept);
+}
+
+/// A run that renews its lease keeps the key however long it takes; once answered it cannot renew.
+pub async fn idempotency_renewal_keeps_a_slow_run(store: Arc<dyn Backend>) {
+    let lease = Duration::from_millis(400);
+    assert_eq!(store.claim("slow", "fp", "run-a", lease, HOUR).await.unwrap(), Claim::Proceed);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(store.renew("slow", "run-a", lease).await.unwrap(), "renewed");
+    }
+    // 900 ms after the claim, well past its first lease: still the slow run's.
+    assert_eq!(store.claim("slow", "fp", "run-b", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    let r = response("{\"slow\":true}");
+    store.complete("slow", "run-a", &r).await.unwrap();
+    assert!(!store.renew("slow", "run-a", lease).await.unwrap(), "answered");
+    assert_eq!(store.claim("slow", "fp", "run-b", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
 }
 
 /// A stand-in for the HTTP layer's rendering: every answer gets distinct bytes (its full debug text), so a
@@ -451,10 +492,10 @@ fn render(answer: Answer<'_>) -> StoredResponse {
     }
 }
 
-/// A context holding the claimed `key` for `fingerprint`, rendered by [`render`].
-fn with_ticket(request_id: &str, key: &str, fingerprint: &str) -> RequestContext {
+/// A context holding the claim on `key` taken by `holder`, rendered by [`render`].
+fn with_ticket(request_id: &str, key: &str, holder: &str) -> RequestContext {
     let mut c = ctx(request_id);
-    c.idempotency = Some(Ticket { key: key.into(), fingerprint: fingerprint.into(), render: Arc::new(render) });
+    c.idempotency = Some(Ticket { key: key.into(), holder: holder.into(), render: Arc::new(render) });
     c
 }
 
@@ -465,9 +506,9 @@ where
     F: FnOnce(RequestContext) -> Fut,
     Fut: std::future::Future<Output = (T, StoredResponse)>,
 {
-    assert_eq!(store.claim(key, "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed, "{key}");
+    assert_eq!(store.claim(key, "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed, "{key}");
     let (outcome, expected) = op(with_ticket(key, key, "fp")).await;
-    assert_eq!(store.claim(key, "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(expected), "{key}");
+    assert_eq!(store.claim(key, "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(expected), "{key}");
     outcome
 }
 
@@ -502,7 +543,9 @@ pub async fn operations_record_their_idempotent_answer(store: Arc<dyn Backend>) 
     assert_eq!(won.lead.unwrap().status, Status::CloseWon);
     // What the operation kept is not overwritten by a late `complete` of the same request.
     store.complete("k-create", "fp", &response("late")).await.unwrap();
-    assert!(matches!(store.claim("k-create", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r) if r.status == 201));
+    assert!(
+        matches!(store.claim("k-create", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r) if r.status == 201)
+    );
 }
 
 pub async fn unchanged_answers_are_recorded_too(store: Arc<dyn Backend>) {
@@ -539,17 +582,17 @@ pub async fn unchanged_answers_are_recorded_too(store: Arc<dyn Backend>) {
 
 pub async fn refusals_and_foreign_tickets_record_nothing(store: Arc<dyn Backend>) {
     // A refusal is not the store's to keep (the HTTP layer completes the key with its problem response).
-    assert_eq!(store.claim("k-404", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k-404", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     let missing = store.close_lost(RecordType::Lead, "no-such-id", &with_ticket("r1", "k-404", "fp")).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
-    assert_eq!(store.claim("k-404", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
+    assert_eq!(store.claim("k-404", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse, "still running");
     // A ticket only completes the claim it names: the same key for another request is left alone, and an
     // unclaimed key is not created.
-    assert_eq!(store.claim("k-other", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k-other", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     store.create(&ntb("RM001"), &with_ticket("r2", "k-other", "fp-b")).await.unwrap();
-    assert_eq!(store.claim("k-other", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    assert_eq!(store.claim("k-other", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
     store.create(&ntb("RM001"), &with_ticket("r3", "k-unclaimed", "fp")).await.unwrap();
-    assert_eq!(store.claim("k-unclaimed", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k-unclaimed", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
 }
 
 /// Expands to one `#[tokio::test]` per case of the [`Sidecar`] contract. `$make` is
@@ -687,18 +730,18 @@ pub async fn sidecar_record_and_history_round_trip(store: Arc<dyn Sidecar>, _rep
 }
 
 pub async fn sidecar_record_completes_the_key(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
-    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     let r = response("{\"id\":\"006A\"}");
     let entry = audit("006A", "K1", None, Status::NewLead, 0, "r1");
     store.record(std::slice::from_ref(&entry), Some(("k", "fp", r.clone()))).await.unwrap();
-    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
+    assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
     assert_eq!(store.history("006A").await.unwrap().len(), 1);
     // Only the claim it names: another request's fingerprint, or a key already answered, is left alone.
-    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("k2", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     store.record(&[], Some(("k2", "fp-b", response("no")))).await.unwrap();
-    assert_eq!(store.claim("k2", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
+    assert_eq!(store.claim("k2", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
     store.record(&[], Some(("k", "fp", response("late")))).await.unwrap();
-    assert_eq!(store.claim("k", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
+    assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
 }
 
 pub async fn sidecar_key_of(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {

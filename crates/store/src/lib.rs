@@ -37,9 +37,10 @@ impl RequestContext {
         Self { request_id: request_id.into(), channel, reason, idempotency: None }
     }
 
-    /// The response to keep for this request's `Idempotency-Key`, rendered from `answer`; `None` without a key.
+    /// The key, the claim's holder token and the response to keep for this request's `Idempotency-Key`,
+    /// rendered from `answer`; `None` without a key.
     pub fn completion(&self, answer: Answer<'_>) -> Option<(&str, &str, StoredResponse)> {
-        self.idempotency.as_ref().map(|t| (t.key.as_str(), t.fingerprint.as_str(), (t.render)(answer)))
+        self.idempotency.as_ref().map(|t| (t.key.as_str(), t.holder.as_str(), (t.render)(answer)))
     }
 }
 
@@ -59,7 +60,9 @@ pub type Render = std::sync::Arc<dyn Fn(Answer<'_>) -> StoredResponse + Send + S
 #[derive(Clone)]
 pub struct Ticket {
     pub key: String,
-    pub fingerprint: String,
+    /// The token the claim was taken with: only this holder's answer is kept, so a run whose claim was taken
+    /// over (its lease ran out) cannot overwrite the answer of the run that took it.
+    pub holder: String,
     pub render: Render,
 }
 
@@ -265,23 +268,38 @@ pub enum Claim {
 
 /// Persisted idempotency keys, shared by every replica. Each call is atomic.
 ///
-/// A key is claimed with a lease before the operation runs and completed with its response afterwards. If
-/// the holder dies in between, the lease runs out and a retry takes the key over and runs the operation
-/// again, which is safe: every operation of SPEC §2 is idempotent in effect (a repeated create answers
-/// `EXISTING`, a repeated close answers as the first time).
+/// A key is claimed with a lease before the operation runs and completed with its response afterwards.
+/// Each claim is taken with a `holder` token (unique per run); the running request renews its lease while
+/// it is alive ([`Idempotency::renew`]), so however long it waits (for a busy customer, for the CRM) no
+/// retry takes the key over. If the holder dies, the lease runs out and a retry takes the key over with its
+/// own token and runs the operation again, which is safe: every operation of SPEC §2 is idempotent in
+/// effect (a repeated create answers `EXISTING`, a repeated close answers as the first time). Only the
+/// current holder completes or releases a claim, so a stale run never overwrites the answer of the one
+/// that took over.
 #[async_trait]
 pub trait Idempotency: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint`; a running claim is held for `lease`, a completed one
-    /// is kept for `ttl` from the claim.
-    async fn claim(&self, key: &str, fingerprint: &str, lease: Duration, ttl: Duration) -> Result<Claim, StoreError>;
+    /// Claims `key` for a request with `fingerprint`, as `holder`; a running claim is held for `lease`, a
+    /// completed one is kept for `ttl` from the claim.
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        holder: &str,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError>;
 
-    /// Stores the response of the request that holds `key`: only a running claim with the same
-    /// `fingerprint` is completed, so a response already kept (by the operation itself, through
-    /// [`RequestContext::idempotency`]) is never overwritten.
-    async fn complete(&self, key: &str, fingerprint: &str, response: &StoredResponse) -> Result<(), StoreError>;
+    /// Extends the lease of `holder`'s running claim on `key` to `lease` from now. `false` when the claim is
+    /// no longer `holder`'s (completed, released, or taken over after its lease ran out).
+    async fn renew(&self, key: &str, holder: &str, lease: Duration) -> Result<bool, StoreError>;
 
-    /// Gives up a claim without a response (the request failed in a way worth retrying).
-    async fn release(&self, key: &str, fingerprint: &str) -> Result<(), StoreError>;
+    /// Stores the response of the request that holds `key`: only a running claim taken by `holder` is
+    /// completed, so a response already kept (by the operation itself, through
+    /// [`RequestContext::idempotency`]) is never overwritten, nor is a claim another run took over.
+    async fn complete(&self, key: &str, holder: &str, response: &StoredResponse) -> Result<(), StoreError>;
+
+    /// Gives up `holder`'s claim without a response (the request failed in a way worth retrying).
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Deletes expired keys; returns how many.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
@@ -341,7 +359,8 @@ pub trait Sidecar: Idempotency {
     /// `lease` bounds how long a holder that died keeps others out.
     async fn lock_key(&self, key: &str, lease: Duration, wait: Duration) -> Result<KeyLock, StoreError>;
 
-    /// Appends `entries` and, when given, completes an idempotency key with its response, in one transaction.
+    /// Appends `entries` and, when given, completes an idempotency key (key, holder, response: see
+    /// [`RequestContext::completion`]) with its response, in one transaction.
     async fn record(
         &self,
         entries: &[AuditEntry],

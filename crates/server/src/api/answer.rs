@@ -88,10 +88,10 @@ impl Write {
 
 /// A ticket as the idempotency middleware hands it to the handler, before the handler binds it to its
 /// write with [`Write::ticket`]. Its rendering is never called: only a bound ticket reaches the store.
-pub fn unbound(key: String, fingerprint: String) -> Ticket {
+pub fn unbound(key: String, holder: String) -> Ticket {
     Ticket {
         key,
-        fingerprint,
+        holder,
         render: Arc::new(|_| unreachable!("a ticket reaches the store only once a handler has bound it")),
     }
 }

@@ -6,6 +6,12 @@
 //! `IDEMPOTENCY_KEY_REUSED`; a repeat while the first still runs is 409 `IDEMPOTENCY_KEY_IN_USE`. Keys live
 //! in the store, so this holds across restarts and replicas, and expire after the configured time.
 //!
+//! A claim is taken with a holder token of its own and leased; while the run is alive a heartbeat renews
+//! the lease, so a run that waits long (a busy customer, a slow CRM), or goes on after its client was
+//! answered 408, is never taken over by a retry (which gets 409 until the run ends, then the replay). Only
+//! the holder completes or releases the claim. If the process dies, the lease runs out and a retry runs
+//! the request again. The run, even after a 408, keeps its place among the requests in flight.
+//!
 //! Responses of 5xx, 408 and 429 are not kept: they say nothing happened (or nothing is known), so a
 //! retry with the same key runs the request again.
 //!
@@ -15,6 +21,7 @@
 //! [`answer::Recorded`] needs nothing more. Every other answer kept (a 404, a 409, a 422) is completed here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -29,6 +36,7 @@ use super::answer::{self, Recorded};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{check_head, read_body};
+use super::overload::Admitted;
 use super::{request_id, AppState};
 use tracing::Instrument;
 
@@ -105,7 +113,7 @@ fn replay(r: StoredResponse) -> Response {
 struct Claimed {
     store: Arc<dyn Backend>,
     key: String,
-    fingerprint: String,
+    holder: String,
     settled: bool,
 }
 
@@ -114,11 +122,11 @@ impl Drop for Claimed {
         if self.settled {
             return;
         }
-        let (store, key, fp) =
-            (self.store.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.fingerprint));
+        let (store, key, holder) =
+            (self.store.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.holder));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.release(&key, &fp).await {
+                if let Err(e) = store.release(&key, &holder).await {
                     tracing::warn!(error = %e, "idempotency: cannot release an abandoned claim; its lease will expire");
                 }
             });
@@ -126,8 +134,40 @@ impl Drop for Claimed {
     }
 }
 
-/// Runs the claimed request and records its answer (or releases the claim when the answer is not kept).
-async fn run_and_record(mut claim: Claimed, next: Next, request: Request) -> Response {
+/// Renews the claim's lease every third of it while the run is alive; stopped when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(claim: &Claimed, lease: Duration) -> Self {
+        let (store, key, holder) = (claim.store.clone(), claim.key.clone(), claim.holder.clone());
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match store.renew(&key, &holder, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Only if renewals failed for a whole lease: a retry took the key over, and this run's
+                        // answer will not be kept (the store refuses a stale holder's completion).
+                        tracing::warn!("idempotency: the claim was taken over while this run was alive");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "idempotency: cannot renew a claim's lease"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the claimed request and records its answer (or releases the claim when the answer is not kept),
+/// renewing the claim while it runs.
+async fn run_and_record(mut claim: Claimed, lease: Duration, next: Next, request: Request) -> Response {
+    let heartbeat = Heartbeat::start(&claim, lease);
     let response = next.run(request).await;
     if response.extensions().get::<Recorded>().is_some() {
         claim.settled = true; // the store completed the key with the operation
@@ -144,10 +184,11 @@ async fn run_and_record(mut claim: Claimed, next: Next, request: Request) -> Res
             location: parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(Into::into),
             body: body.to_vec(),
         };
-        claim.store.complete(&claim.key, &claim.fingerprint, &stored).await
+        claim.store.complete(&claim.key, &claim.holder, &stored).await
     } else {
-        claim.store.release(&claim.key, &claim.fingerprint).await
+        claim.store.release(&claim.key, &claim.holder).await
     };
+    drop(heartbeat);
     match outcome {
         Ok(()) => claim.settled = true,
         // The operation itself stands; the claim stays running until its lease ends. A retry after that
@@ -188,19 +229,28 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Err(e) => return e.into_response(),
     };
     let fp = fingerprint(&parts.method, parts.uri.path(), &bytes);
-    match state.store.claim(&key, &fp, state.idempotency_lease, state.idempotency_ttl).await {
+    let holder = uuid::Uuid::new_v4().to_string();
+    match state.store.claim(&key, &fp, &holder, state.idempotency_lease, state.idempotency_ttl).await {
         Err(e) => ApiError::from_store(e, "record").into_response(),
         Ok(Claim::Mismatch) => ApiError::IdempotencyKeyReused.into_response(),
         Ok(Claim::InUse) => ApiError::IdempotencyKeyInUse.into_response(),
         Ok(Claim::Replay(stored)) => replay(stored),
         Ok(Claim::Proceed) => {
             let mut request = Request::from_parts(parts, Body::from(bytes));
-            request.extensions_mut().insert(answer::unbound(key.clone(), fp.clone()));
-            let claim = Claimed { store: state.store.clone(), key, fingerprint: fp, settled: false };
+            request.extensions_mut().insert(answer::unbound(key.clone(), holder.clone()));
+            // Counted in flight until the run ends, even when the client has long been answered 408.
+            let admitted = request.extensions().get::<Admitted>().cloned();
+            let claim = Claimed { store: state.store.clone(), key, holder, settled: false };
             // The request runs to the end and its answer is recorded even if the client goes away or the
             // request timeout fires: a retry then gets the replay rather than a second run.
             let id = request_id::current().unwrap_or_default();
-            let run = request_id::scope(id, run_and_record(claim, next, request)).in_current_span();
+            let lease = state.idempotency_lease;
+            let run = async move {
+                let response = run_and_record(claim, lease, next, request).await;
+                drop(admitted);
+                response
+            };
+            let run = request_id::scope(id, run).in_current_span();
             match tokio::spawn(run).await {
                 Ok(response) => response,
                 Err(_) => ApiError::Internal.into_response(), // it panicked; the claim was released on drop

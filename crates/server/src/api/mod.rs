@@ -40,7 +40,7 @@ pub struct AppState {
     pub store: Arc<dyn Backend>,
     /// Longest a request may take, body included.
     pub request_timeout: Duration,
-    /// How long a running idempotency claim is held before a retry may take it over.
+    /// How long a running idempotency claim is held before a retry may take it over, unless its run renews it.
     pub idempotency_lease: Duration,
     /// How long an idempotency key and its response are kept.
     pub idempotency_ttl: Duration,

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -24,16 +24,25 @@ pub fn rate_limiter(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<DefaultKey
 /// First middleware of the API routes: admits a request only while fewer than the bound are in flight;
 /// otherwise answers 503 `OVERLOADED` at once, before reading the body. Health, metrics and docs are not
 /// counted, so an overloaded replica still answers its orchestrator.
-pub async fn shed(State(in_flight): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+///
+/// The request's place is an [`Admitted`] in its extensions: work that outlives the answer (an idempotent
+/// run that goes on after a 408) keeps a clone, and still counts until it ends.
+pub async fn shed(State(in_flight): State<Arc<Semaphore>>, mut request: Request, next: Next) -> Response {
     let Ok(permit) = in_flight.try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total").increment(1);
         return ApiError::Overloaded.into_response();
     };
-    let _counted = InFlight::enter();
+    let admitted = Admitted(Arc::new((permit, InFlight::enter())));
+    request.extensions_mut().insert(admitted.clone());
     let response = next.run(request).await;
-    drop(permit);
+    drop(admitted);
     response
 }
+
+/// A request's place among those in flight (its permit, and its count in `http_requests_in_flight`),
+/// given back when the last clone is dropped.
+#[derive(Clone)]
+pub struct Admitted(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, InFlight)>);
 
 /// Counts a request in `http_requests_in_flight` for as long as it lives, cancelled or not.
 struct InFlight;

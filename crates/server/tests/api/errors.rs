@@ -179,14 +179,16 @@ async fn a_body_that_never_arrives_is_not_too_large() {
     assert_eq!(r.status(), 201);
 }
 
-/// Sends `head` and a chunked body of `size` bytes; returns the status line of the answer.
+/// Sends `head` and the start of a chunked body of `size` bytes, then reads the status line of the answer.
+/// (The rest is never sent: a server that decides from the head answers at once; one that reads the body
+/// first answers only at its request timeout, and not 415.)
 fn chunked_status(app: &TestApp, head: &str, size: usize) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(app.base.trim_start_matches("http://")).unwrap();
-    write!(conn, "{head}Transfer-Encoding: chunked\r\n\r\n{size:x}\r\n{}\r\n0\r\n\r\n", "x".repeat(size)).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(conn, "{head}Transfer-Encoding: chunked\r\n\r\n{size:x}\r\nxxxx").unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(40))).unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = conn.read(&mut buf).unwrap();
+    let n = conn.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
 }
 

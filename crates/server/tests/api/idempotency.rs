@@ -246,3 +246,62 @@ both_backends! {
         assert_eq!((again.0, &again.1, &again.3, again.4.as_deref()), (409, &first.1, &first.3, Some("true")));
     }
 }
+
+/// Posts a create with `key` and returns its status (the client waits for its answer).
+async fn keyed_status(app: &TestApp, key: &str, body: &Value) -> u16 {
+    app.post_key(CREATE, key, body).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_run_is_not_repeated_by_a_retry() {
+    // The run outlives its client's request timeout (408) and, many times over, the claim's lease: the lease
+    // is renewed while it runs, so a retry is told the first run is still going, then gets its answer.
+    let app = spawn_with(Backend::Postgres, |s| s.request_timeout = Duration::from_secs(1)).await;
+    let lock = hold_key(&app.postgres_url().unwrap(), "SLOW1/CARD").await;
+    let body = ntb("SLOW1", "CARD", "RM001");
+    let started = std::time::Instant::now();
+    assert_eq!(keyed_status(&app, "key-slow", &body).await, 408);
+    // Past the lease (1 s) and past the old lease (the request timeout plus 5 s).
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    let r = app.post_key(CREATE, "key-slow", &body).await;
+    problem(r, 409, "IDEMPOTENCY_KEY_IN_USE").await;
+    sqlx::Connection::close(lock).await.unwrap();
+    let mut answer = None;
+    for _ in 0..100 {
+        let (s, replayed, _, text) = parts(app.post_key(CREATE, "key-slow", &body).await).await;
+        if s != 409 {
+            answer = Some((s, replayed, text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, replayed, text) = answer.expect("the first run finished");
+    assert_eq!((s, replayed.as_deref()), (201, Some("true")), "{text}");
+    assert!(text.contains("CREATED"), "{text}");
+    let leads = app.search("SLOW1").await["leads"].as_array().unwrap().len();
+    assert_eq!(leads, 1, "one run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_that_goes_on_after_408_still_counts_in_flight() {
+    let app = spawn_with(Backend::Postgres, |s| {
+        s.request_timeout = Duration::from_secs(1);
+        s.max_in_flight = 1;
+    })
+    .await;
+    let lock = hold_key(&app.postgres_url().unwrap(), "SLOW2/CARD").await;
+    assert_eq!(keyed_status(&app, "key-slow-2", &ntb("SLOW2", "CARD", "RM001")).await, 408);
+    // The run goes on, holding the only place: another request is shed.
+    problem(app.get(&format!("{INT}/leads/nothing")).await, 503, "OVERLOADED").await;
+    sqlx::Connection::close(lock).await.unwrap();
+    // Once it ends, the place is free again.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = app.get(&format!("{INT}/leads/nothing")).await.status().as_u16();
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 404);
+}
