@@ -19,7 +19,7 @@ pub fn svg(runs: &[Run], levels: &[u32]) -> String {
     let max = runs.iter().map(|r| r.requests_per_s).fold(1.0, f64::max);
     let (left, top, height, bar, gap) = (70.0, 30.0, 260.0, 22.0, 36.0);
     let group = targets.len() as f64 * bar + gap;
-    let width = left + group * levels.len() as f64 + 20.0;
+    let width = (left + group * levels.len() as f64 + 20.0).max(560.0);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
