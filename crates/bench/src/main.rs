@@ -142,7 +142,15 @@ fn wrk(args: &Args, url: &str, connections: u32, script: &Path, env: &[(&str, St
     serde_json::from_str(line).expect("wrk's summary")
 }
 
-fn measure(args: &Args, target: &str, served: &Served, path: &str, connections: u32, script: &Path, env: &[(&str, String)]) -> Run {
+fn measure(
+    args: &Args,
+    target: &str,
+    served: &Served,
+    path: &str,
+    connections: u32,
+    script: &Path,
+    env: &[(&str, String)],
+) -> Run {
     let pid = served.child.id();
     let (cpu0, logs0, t0) = (cpu_seconds(pid), served.log_bytes.load(Ordering::Relaxed), Instant::now());
     let summary = wrk(args, &format!("{}{path}", served.base), connections, script, env);
@@ -222,7 +230,8 @@ fn main() {
     let report = dir.join("report.lua");
     std::fs::write(&report, include_str!("../report.lua")).expect("write report.lua");
     let mix = dir.join("mix.lua");
-    std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua"))).expect("write mix.lua");
+    std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua")))
+        .expect("write mix.lua");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut runs: Vec<Run> = Vec::new();
     let mut mixes: Vec<Value> = Vec::new();
@@ -256,7 +265,8 @@ fn main() {
             }
             other => panic!("bench: unknown store {other} (sqlite, postgres)"),
         };
-        let migrated = Command::new(sibling("integration-service")).args(["migrate", "--store", &url]).output().expect("migrate");
+        let migrated =
+            Command::new(sibling("integration-service")).args(["migrate", "--store", &url]).output().expect("migrate");
         assert!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stderr));
         let t = Instant::now();
         rt.block_on(preload::run(&url, args.preload)).expect("preload");

@@ -230,4 +230,16 @@ async fn the_org_refusing_the_data_is_a_rejection_naming_its_code() {
     assert_eq!(env.org.record("Lead", &old.id).unwrap()["Status"], "Open - Not Contacted", "rolled back");
     let leads: Vec<Value> = env.org.records("Lead");
     assert_eq!(leads.len(), 1);
+
+    // A duplicate rule of the org (same e-mail on another prospect) is the request's data too.
+    env.org.duplicate_rule("Lead", "Email");
+    let r = env.store.create(&request(CustomerType::Ntb, "V3", "CARD", "RM001"), &ctx("r3")).await;
+    match r {
+        Err(store::StoreError::Rejected { code, field, .. }) => {
+            assert_eq!(code, "DUPLICATES_DETECTED");
+            assert_eq!(field, None, "a duplicate rule names no field");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.org.records("Lead").len(), 1, "nothing written");
 }
