@@ -140,3 +140,94 @@ impl SfError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str, fields: &[&str]) -> SfError {
+        let halted = OrgError { message: "rolled back".into(), code: "PROCESSING_HALTED".into(), fields: vec![] };
+        let error = OrgError {
+            message: "the org's words".into(),
+            code: code.into(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        };
+        SfError::Api { status: 400, errors: vec![halted, error] }
+    }
+
+    fn request_field(org_field: &str) -> Option<&'static str> {
+        (org_field == "Product__c").then_some("product")
+    }
+
+    #[test]
+    fn each_org_code_maps_to_what_it_means_for_the_channel() {
+        let kind = |e: SfError| match e.into_store(request_field) {
+            StoreError::UnknownOwner => "owner".to_owned(),
+            StoreError::NotFound => "not found".to_owned(),
+            StoreError::Unavailable { .. } => "unavailable".to_owned(),
+            StoreError::Rejected { code, field, .. } => format!("rejected {code} {field:?}"),
+            StoreError::Misconfigured(_) => "misconfigured".to_owned(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind(api("INACTIVE_OWNER_OR_USER", &[])), "owner");
+        for code in ["NOT_FOUND", "ENTITY_IS_DELETED", "INVALID_ID_FIELD", "MALFORMED_ID"] {
+            assert_eq!(kind(api(code, &[])), "not found", "{code}");
+        }
+        assert_eq!(kind(api("UNABLE_TO_LOCK_ROW", &[])), "unavailable");
+        assert_eq!(
+            kind(api("FIELD_CUSTOM_VALIDATION_EXCEPTION", &[])),
+            "rejected FIELD_CUSTOM_VALIDATION_EXCEPTION None"
+        );
+        assert_eq!(kind(api("DUPLICATES_DETECTED", &[])), "rejected DUPLICATES_DETECTED None");
+        assert_eq!(
+            kind(api("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", &["Product__c"])),
+            "rejected INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST Some(\"product\")",
+            "a request field's picklist value is the request's fault"
+        );
+        assert_eq!(
+            kind(api("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", &["Status"])),
+            "misconfigured",
+            "a status the org lacks is ours"
+        );
+        for code in [
+            "INVALID_FIELD",
+            "INVALID_FIELD_FOR_INSERT_UPDATE",
+            "INSUFFICIENT_ACCESS_OR_READONLY",
+            "REQUIRED_FIELD_MISSING",
+        ] {
+            assert_eq!(kind(api(code, &[])), "misconfigured", "{code}");
+        }
+        assert_eq!(kind(SfError::Config("x".into())), "misconfigured");
+        assert_eq!(kind(SfError::Limit { retry_after: std::time::Duration::from_secs(300) }), "unavailable");
+        assert_eq!(kind(SfError::Transport { sent: false, detail: String::new() }), "unavailable");
+    }
+
+    #[test]
+    fn only_a_delivered_write_without_a_refusal_may_have_applied() {
+        assert!(SfError::Transport { sent: true, detail: String::new() }.may_have_applied());
+        assert!(SfError::Server { status: 503, retry_after: std::time::Duration::ZERO }.may_have_applied());
+        assert!(!SfError::Transport { sent: false, detail: String::new() }.may_have_applied());
+        assert!(!api("FIELD_CUSTOM_VALIDATION_EXCEPTION", &[]).may_have_applied());
+        assert!(!SfError::Limit { retry_after: std::time::Duration::ZERO }.may_have_applied());
+    }
+
+    #[test]
+    fn logged_errors_name_codes_not_the_org_s_words() {
+        let text = api("DUPLICATES_DETECTED", &["Email"]).to_string();
+        assert!(text.contains("DUPLICATES_DETECTED") && text.contains("Email"), "{text}");
+        assert!(!text.contains("the org's words"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn transport_errors_lose_the_url_and_its_query() {
+        // Port 1 on loopback refuses: a connect error whose Display names the URL, SOQL and all.
+        let e =
+            reqwest::get("http://127.0.0.1:1/services/data/v62.0/query?q=SELECT+Id+WHERE+IdNumber__c='079123456789'")
+                .await
+                .unwrap_err();
+        assert!(e.to_string().contains("079123456789"), "reqwest names the URL: {e}");
+        let text = without_url(&e);
+        assert!(text.starts_with("cannot connect"), "{text}");
+        assert!(!text.contains("079123456789") && !text.contains("query"), "{text}");
+    }
+}

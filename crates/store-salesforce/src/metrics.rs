@@ -56,6 +56,8 @@ mod tests {
             vec![("per-app-api-usage".into(), 17.0, 250.0)]
         );
         assert!(parse_limit_info("garbage").is_empty());
+        assert!(parse_limit_info(" =1/2").is_empty(), "a figure without a name");
+        assert!(parse_limit_info(&format!("{}=1/2", "x".repeat(65))).is_empty(), "a name too long for a label");
         assert!(parse_limit_info("api-usage=x/1").is_empty());
     }
 }

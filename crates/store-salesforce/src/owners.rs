@@ -91,6 +91,22 @@ mod tests {
     }
 
     #[test]
+    fn a_full_cache_drops_what_has_expired_not_what_is_live() {
+        let owners = Owners::new(Duration::ZERO);
+        for i in 0..MAX_ENTRIES {
+            owners.remember(&format!("OLD{i}"), Some(format!("005{i}")));
+        }
+        let live = Owners::new(Duration::from_secs(60));
+        *live.by_code.lock().unwrap() = std::mem::take(&mut *owners.by_code.lock().unwrap());
+        *live.by_user.lock().unwrap() = std::mem::take(&mut *owners.by_user.lock().unwrap());
+        live.remember("RM001", Some("005A".into()));
+        assert_eq!(live.by_code.lock().unwrap().len(), 1, "the expired entries went");
+        assert_eq!(live.by_user.lock().unwrap().len(), 1);
+        assert_eq!(live.user_for("RM001"), Some(Some("005A".into())));
+        assert_eq!(live.code_for("005A").as_deref(), Some("RM001"));
+    }
+
+    #[test]
     fn the_cache_expires() {
         let owners = Owners::new(Duration::from_millis(40));
         owners.remember("RM001", Some("005A".into()));
