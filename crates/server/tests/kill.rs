@@ -12,45 +12,23 @@
 //! Ten kills per store, on SQLite and on PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use store_postgres::scratch::ScratchDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_integration-service");
+#[path = "common/binary.rs"]
+mod binary;
+
 const INT: &str = "/integration-service/int/api/crm/v1";
 const KEYS: usize = 12;
 const KILLS: usize = 10;
 
-// The child is returned to the caller, which kills and waits for it.
-#[allow(clippy::zombie_processes)]
 fn start(store: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--log-format", "json"])
-        .env("RUST_LOG", "warn,integration_service::startup=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the service exited before listening: {status:?}");
-        }
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "listening" {
-                std::thread::spawn(move || for _ in out.lines() {});
-                return (child, format!("http://{}", v["address"].as_str().unwrap()));
-            }
-        }
-    }
+    let (child, addr) = binary::serve(&["--store", store], &[("RUST_LOG", "warn,integration_service::startup=info")]);
+    (child, format!("http://{addr}"))
 }
 
 /// What the clients were told, in the order the answers arrived.

@@ -2,18 +2,14 @@
 //! nothing, and an idle keep-alive one are closed after their limits while other clients are served; past
 //! the ceiling, new connections are turned away at once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_integration-service");
 
 /// The binary on port 0 with `env`, its address, and a guard that kills it. Its output is drained by a
 /// thread, so a full pipe never stalls it.
@@ -30,34 +26,11 @@ impl Drop for Service {
     }
 }
 
-#[allow(clippy::zombie_processes)] // the guard waits for it
 fn start(env: &[(&str, &str)]) -> Service {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("crm.db").display()))
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            panic!("the service exited before listening: {:?}", child.wait());
-        }
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "listening" {
-                let addr = v["address"].as_str().unwrap().to_owned();
-                std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-                return Service { child, addr, _dir: dir };
-            }
-        }
-    }
+    let store = format!("sqlite://{}", dir.path().join("crm.db").display());
+    let (child, addr) = crate::binary::serve(&["--store", &store], env);
+    Service { child, addr, _dir: dir }
 }
 
 /// Waits (at most `limit`) until the server closes `conn`; how long that took from `since`, or `None`.

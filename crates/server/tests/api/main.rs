@@ -1,6 +1,8 @@
 //! API tests: the real application on port 0 with a fresh embedded database each, driven over HTTP.
 //! One test binary, a module per area.
 
+#[path = "../common/binary.rs"]
+mod binary;
 mod helpers;
 
 mod auth;

@@ -1,9 +1,9 @@
 //! Running it (SPEC §5): health, the OpenAPI document, the offline /docs page, restarts, the binary's
 //! settings errors, `migrate`, and SIGTERM finishing requests in flight.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -156,43 +156,15 @@ fn migrate_applies_embedded_migrations_once() {
 
 /// Starts the binary on port 0 and returns it with the address it logged. The caller waits for it.
 #[allow(clippy::zombie_processes)]
-fn start_binary(db: &std::path::Path) -> (std::process::Child, String, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            &format!("sqlite://{}", db.display()),
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the service exited before listening: {status:?}");
-        }
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "listening" {
-                return (child, v["address"].as_str().unwrap().to_owned(), out);
-            }
-        }
-    }
+fn start_binary(db: &std::path::Path) -> (std::process::Child, String) {
+    crate::binary::serve(&["--store", &format!("sqlite://{}", db.display())], &[])
 }
 
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crm.db");
-    let (mut child, addr, _out) = start_binary(&db);
+    let (mut child, addr) = start_binary(&db);
     let body = ntb("T1", "CARD", "RM001").to_string();
     let (head, tail) = body.split_at(body.len() / 2);
     let mut conn = TcpStream::connect(&addr).unwrap();
