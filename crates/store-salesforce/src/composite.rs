@@ -54,6 +54,23 @@ impl Composite {
         self
     }
 
+    /// A query whose SOQL is `before`, the composite reference `@{reference}` (a value an earlier
+    /// subrequest answered), then `after`. Only the service's own references go here: request values go
+    /// through [`Composite::query`], where an `@{` is text.
+    pub fn query_with_reference(
+        &mut self,
+        client: &Client,
+        reference_id: &str,
+        before: &str,
+        reference: &str,
+        after: &str,
+    ) -> &mut Self {
+        let q = crate::soql::encode_query_with_reference(before, reference, after);
+        let url = client.data_path(&format!("/query?q={q}"));
+        self.subrequests.push(json!({ "method": "GET", "url": url, "referenceId": reference_id }));
+        self
+    }
+
     pub fn create(&mut self, client: &Client, reference: &str, sobject: &str, body: Value) -> &mut Self {
         let url = client.data_path(&format!("/sobjects/{sobject}"));
         self.subrequests.push(json!({ "method": "POST", "url": url, "referenceId": reference, "body": body }));

@@ -161,7 +161,8 @@ pub(crate) async fn create(
     }
     c.create(client, "created", sobject(record_type), new_record(&s.config, record_type, request, &owner_user, today));
     // The org's own creation time, in the same call, so the history says what the record says.
-    c.query(client, "stamp", &format!("SELECT CreatedDate FROM {} WHERE Id = '@{{created.id}}'", sobject(record_type)));
+    let stamp = format!("SELECT CreatedDate FROM {} WHERE Id = '", sobject(record_type));
+    c.query_with_reference(client, "stamp", &stamp, "created.id", "'");
     let (id, at) = match c.send(client, label("create", "write"), Repeat::Once).await {
         Ok(parts) => {
             let id = parts[parts.len() - 2]
@@ -181,7 +182,18 @@ pub(crate) async fn create(
             let id = resolve_create(s, request, &before, record_type, &close, &owner_user, e).await?;
             (id, OffsetDateTime::now_utc())
         }
-        Err(e) => return Err(s.error(e)),
+        Err(e) => {
+            // A request value holding `@{` is read by the org as a reference it cannot resolve.
+            let halted = e.org_error().filter(|o| o.code == "PROCESSING_HALTED");
+            if let (Some(o), Some(field)) = (halted, records::value_read_as_reference(request)) {
+                return Err(StoreError::Rejected {
+                    code: o.code.clone(),
+                    field: Some(field.to_owned()),
+                    message: o.message.clone(),
+                });
+            }
+            return Err(s.error(e));
+        }
     };
     let open = record_type.open_status();
     let mut entries: Vec<AuditEntry> = close

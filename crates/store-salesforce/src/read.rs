@@ -30,7 +30,8 @@ pub(crate) async fn get(
         &format!("SELECT {} FROM {} WHERE Id = {}", select(&s.config, record_type), sobject(record_type), literal(id)),
     );
     // The owner's RM code rides in the same call, by reference to the record's OwnerId.
-    c.query(client, "owner", &format!("SELECT Id, {field} FROM User WHERE Id = '@{{rec.records[0].OwnerId}}'"));
+    let owner = format!("SELECT Id, {field} FROM User WHERE Id = '");
+    c.query_with_reference(client, "owner", &owner, "rec.records[0].OwnerId", "'");
     if record_type == RecordType::Opportunity {
         c.query(
             client,

@@ -297,6 +297,24 @@ pub(crate) fn won_conversion(config: &SalesforceConfig, lead: &Value, today: tim
     Value::Object(body)
 }
 
+/// The first request field whose value the composite API would read as a reference (`@{…}`) to another
+/// subrequest's result. The org then refuses the write (`PROCESSING_HALTED`): the request's data.
+pub(crate) fn value_read_as_reference(r: &CreateRequest) -> Option<&'static str> {
+    let c = &r.customer;
+    [
+        ("customer.idNumber", Some(c.id_number.expose())),
+        ("customer.cif", c.cif.as_ref().map(Cif::expose)),
+        ("customer.fullName", c.full_name.as_ref().map(FullName::expose)),
+        ("customer.phone", c.phone.as_ref().map(Phone::expose)),
+        ("customer.email", c.email.as_ref().map(Email::expose)),
+        ("product", Some(r.product.as_str())),
+        ("channel", Some(r.channel.as_str())),
+        ("journeyId", r.journey_id.as_ref().map(JourneyId::as_str)),
+    ]
+    .into_iter()
+    .find_map(|(field, value)| value.is_some_and(|v| v.contains("@{")).then_some(field))
+}
+
 /// The request field an org field carries, to name it in a 422 `CRM_REJECTED`. Fields the service fills
 /// on its own (statuses, names) map to nothing: a refusal there is our configuration.
 pub(crate) fn request_field(config: &SalesforceConfig, org_field: &str) -> Option<&'static str> {

@@ -1,5 +1,5 @@
 //! SOQL text: string literals escaped as SOQL defines them, record ids checked before they reach a query,
-//! and query URLs that keep composite references (`@{ref.records[0].Id}`) intact.
+//! and query URLs in which only the service's own composite references (`@{ref.records[0].Id}`) stay live.
 
 use lifecycle::RecordType;
 
@@ -60,19 +60,16 @@ fn case_suffix(id15: &str) -> String {
         .collect()
 }
 
-/// The `q=` parameter of a query URL, percent-encoded except for composite references, which the org
-/// resolves in the URL before running the query.
+/// The `q=` parameter of a query URL, percent-encoded throughout. A request value may hold `@{…}`, which
+/// the composite API would read as a reference to another subrequest's result: encoded, it stays text.
 pub(crate) fn encode_query(soql: &str) -> String {
-    let mut out = String::new();
-    let mut rest = soql;
-    while let Some(start) = rest.find("@{") {
-        let Some(len) = rest[start..].find('}') else { break };
-        out.extend(url::form_urlencoded::byte_serialize(&rest.as_bytes()[..start]));
-        out.push_str(&rest[start..start + len + 1]);
-        rest = &rest[start + len + 1..];
-    }
-    out.extend(url::form_urlencoded::byte_serialize(rest.as_bytes()));
-    out
+    url::form_urlencoded::byte_serialize(soql.as_bytes()).collect()
+}
+
+/// The `q=` parameter of a query whose SOQL is `before`, then the composite reference `@{reference}`, then
+/// `after`. Only the reference is left as the org resolves it; the rest is encoded as [`encode_query`] does.
+pub(crate) fn encode_query_with_reference(before: &str, reference: &str, after: &str) -> String {
+    format!("{}@{{{reference}}}{}", encode_query(before), encode_query(after))
 }
 
 #[cfg(test)]
@@ -102,11 +99,12 @@ mod tests {
     }
 
     #[test]
-    fn references_survive_encoding() {
+    fn references_survive_encoding_and_values_cannot_make_one() {
         assert_eq!(
-            encode_query("SELECT Id FROM User WHERE Id = '@{rec.records[0].OwnerId}'"),
+            encode_query_with_reference("SELECT Id FROM User WHERE Id = '", "rec.records[0].OwnerId", "'"),
             "SELECT+Id+FROM+User+WHERE+Id+%3D+%27@{rec.records[0].OwnerId}%27"
         );
         assert_eq!(encode_query("a = '1&2'"), "a+%3D+%271%262%27");
+        assert_eq!(encode_query("p = 'x@{y}'"), "p+%3D+%27x%40%7By%7D%27");
     }
 }

@@ -1,0 +1,40 @@
+//! What any input can do to the queries and the matching: request values with SOQL's and the composite
+//! API's special characters, ids in either of Salesforce's two forms, and keys that differ only in case.
+
+mod support;
+
+use lifecycle::{CreateResult, CustomerType, IdNumber, Product, RecordType};
+use serde_json::json;
+use store::contract::{ctx, request};
+use store::{Store, StoreError};
+
+/// `@{…}` is how a composite subrequest names an earlier one's result; in a request value it is only text.
+#[tokio::test]
+async fn a_composite_reference_in_a_request_value_is_only_text() {
+    let env = support::env().await;
+    let rm = "RM@{Opportunity.records[0].Id}";
+    let user = env.org.add_user(rm, true);
+    // Made by hand in the org: the reads must find it by the exact text of its product and owner code.
+    for product in ["P@{x}", "@{Opportunity.records[0].Id}", "A'@{owner.records[0].Id}\\"] {
+        let lead = env.org.insert(
+            "Lead",
+            json!({"LastName": "Tran", "Company": "Tran", "OwnerId": user, "IdNumber__c": "REF1", "Product__c": product}),
+        );
+        let r = request(CustomerType::Ntb, "REF1", product, rm);
+        let found = env.store.create(&r, &ctx("e")).await.unwrap();
+        assert_eq!((found.result, found.id.as_str()), (CreateResult::Existing, lead.as_str()), "{product}");
+        let got = env.store.get(RecordType::Lead, &lead).await.unwrap().unwrap();
+        assert_eq!((got.record.product.as_str(), got.record.owner_id.as_str()), (product, rm));
+        let id_number = IdNumber::parse("REF1").unwrap();
+        let search = env.store.search(&id_number, Some(&Product::parse(product).unwrap())).await.unwrap();
+        assert_eq!(search.leads.len(), 1, "{product}");
+    }
+    // A value the service writes: the org reads it as a reference and refuses it. That is the request's
+    // data, not our configuration, and nothing is written.
+    let r = request(CustomerType::Ntb, "REF2", "Q@{x}", "RM001");
+    match env.store.create(&r, &ctx("c")).await {
+        Err(StoreError::Rejected { field, .. }) => assert_eq!(field.as_deref(), Some("product")),
+        other => panic!("{other:?}"),
+    }
+    assert!(env.org.records("Lead").iter().all(|l| l["IdNumber__c"] != "REF2"));
+}
