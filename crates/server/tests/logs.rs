@@ -107,6 +107,7 @@ async fn no_personal_value_reaches_the_logs() {
     let writer = capture.clone();
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true) // as the binary writes its lines
         .with_current_span(true)
         .with_span_list(true)
         .with_max_level(tracing::Level::TRACE)
@@ -135,6 +136,16 @@ async fn no_personal_value_reaches_the_logs() {
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(logs.lines().count() > 100, "the capture works: {} lines", logs.lines().count());
     assert!(logs.contains("request completed"), "request lines are captured");
+    // The request line names the request, its matched route (never the raw path) and its outcome.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request completed") && l.contains("combo-create-lead-opportunity"))
+        .expect("a create's request line");
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["route"], "/integration-service/int/api/crm/v1/combo-create-lead-opportunity");
+    assert_eq!(line["method"], "POST");
+    assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
+    assert!(line["status"].as_u64().is_some() && line["latency_ms"].as_f64().is_some(), "{line}");
     for raw in [ID_NUMBER, CIF, PHONE, &PHONE[1..], EMAIL, FULL_NAME, "Bich", SECRET, "access_token"] {
         let hit = logs.lines().find(|l| l.contains(raw));
         assert!(hit.is_none(), "{raw} is in the logs: {}", hit.unwrap_or_default());

@@ -136,6 +136,9 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         return ApiError::Unauthenticated.into_response();
     };
     tracing::Span::current().record("channel", channel.as_str());
+    if let Some(slot) = request.extensions().get::<super::request_id::ChannelSlot>() {
+        slot.set(channel.as_str());
+    }
     request.extensions_mut().insert(Caller(Some(channel)));
     next.run(request).await
 }

@@ -14,6 +14,16 @@ use tracing::Instrument;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Where the auth layer leaves the caller's channel for the request's log line (a request extension).
+#[derive(Clone, Default)]
+pub struct ChannelSlot(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl ChannelSlot {
+    pub fn set(&self, channel: &str) {
+        let _ = self.0.set(channel.to_owned());
+    }
+}
+
 tokio::task_local! {
     static REQUEST_ID: String;
 }
@@ -30,7 +40,7 @@ fn valid(id: &str) -> bool {
 
 /// Middleware: assigns the id, opens the request's span (matched route, never the raw path, which may
 /// carry a record id), logs one line when the response is ready, and echoes the id.
-pub async fn layer(request: Request, next: Next) -> Response {
+pub async fn layer(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -47,8 +57,11 @@ pub async fn layer(request: Request, next: Next) -> Response {
         route = %route_str,
         channel = tracing::field::Empty
     );
+    let channel = ChannelSlot::default();
+    request.extensions_mut().insert(channel.clone());
     let mut line = RequestLine {
-        span: span.clone(),
+        id: id.clone(),
+        channel,
         method: request.method().clone(),
         route,
         started: Instant::now(),
@@ -78,7 +91,8 @@ pub fn scope<F: std::future::Future>(id: String, f: F) -> impl std::future::Futu
 /// The request's one log line and its metrics, written when the request ends, however it ends: a client
 /// that goes away mid-request drops the handler, and the line then says `cancelled` (status 499).
 struct RequestLine {
-    span: tracing::Span,
+    id: String,
+    channel: ChannelSlot,
     method: axum::http::Method,
     route: Option<MatchedPath>,
     started: Instant,
@@ -92,10 +106,18 @@ impl Drop for RequestLine {
         let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         crate::observability::http_request(self.method.as_str(), route, status, elapsed);
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        self.span.in_scope(|| match self.status {
-            Some(_) => tracing::info!(status, latency_ms, "request completed"),
-            None => tracing::info!(status, latency_ms, "request cancelled by the client"),
-        });
+        // The line carries the request's fields itself rather than through the request's span: the JSON
+        // formatter re-parses a span's fields for every event inside it, which made this one line a fifth
+        // of the cost of a request that does nothing else (`/health/live`).
+        let (id, method, channel) = (&self.id, self.method.as_str(), self.channel.0.get().map_or("", String::as_str));
+        match self.status {
+            Some(_) => {
+                tracing::info!(request_id = %id, method, route, channel, status, latency_ms, "request completed")
+            }
+            None => {
+                tracing::info!(request_id = %id, method, route, channel, status, latency_ms, "request cancelled by the client")
+            }
+        }
     }
 }
 
