@@ -106,9 +106,9 @@ impl Drop for RequestLine {
         let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         crate::observability::http_request(self.method.as_str(), route, status, elapsed);
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        // The line carries the request's fields itself rather than through the request's span: the JSON
-        // formatter re-parses a span's fields for every event inside it, which made this one line a fifth
-        // of the cost of a request that does nothing else (`/health/live`).
+        // The line carries the request's fields itself rather than through the request's span: for an event
+        // inside a span, the JSON formatter parses the span's stored fields again and re-serializes them.
+        // (Profiled under wrk on `/health/live`: the line's event was about 8 % of the service's CPU.)
         let (id, method, channel) = (&self.id, self.method.as_str(), self.channel.0.get().map_or("", String::as_str));
         match self.status {
             Some(_) => {
