@@ -96,6 +96,17 @@ impl SfError {
         matches!(self, Self::Transport { sent: true, .. } | Self::Server { .. } | Self::Unexpected { .. })
     }
 
+    /// Whether the org was done with a request that failed this way, so that a read-back showing no change
+    /// proves that nothing changed. After a timeout or a reset it may still be working on it (a transaction
+    /// runs on when its client leaves), and a gateway's 502 or 504 says the same of the org behind it.
+    pub fn org_is_done(&self) -> bool {
+        match self {
+            Self::Server { status, .. } => !matches!(status, 502 | 504),
+            Self::Transport { sent, .. } => !sent,
+            _ => false,
+        }
+    }
+
     /// The org's first meaningful error: a rolled-back composite answers `PROCESSING_HALTED` for every
     /// subrequest but the one that failed.
     pub fn org_error(&self) -> Option<&OrgError> {
@@ -209,6 +220,15 @@ mod tests {
         assert!(!SfError::Transport { sent: false, detail: String::new() }.may_have_applied());
         assert!(!api("FIELD_CUSTOM_VALIDATION_EXCEPTION", &[]).may_have_applied());
         assert!(!SfError::Limit { retry_after: std::time::Duration::ZERO }.may_have_applied());
+    }
+
+    #[test]
+    fn only_an_answer_of_the_org_itself_says_it_is_done() {
+        let server = |status| SfError::Server { status, retry_after: std::time::Duration::ZERO };
+        assert!(server(503).org_is_done() && server(500).org_is_done());
+        assert!(!server(502).org_is_done() && !server(504).org_is_done(), "a gateway gave up, not the org");
+        assert!(!SfError::Transport { sent: true, detail: String::new() }.org_is_done());
+        assert!(!SfError::Unexpected { status: 200, detail: String::new() }.org_is_done());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! and the idempotent answer in the local store.
 //!
 //! A write whose answer was lost ([`SfError::may_have_applied`]) is read back before answering: if the
-//! org shows the plan's effect the answer is success, if it shows nothing changed the answer is 503
-//! (nothing changed, verified), and anything else is 504 `CRM_OUTCOME_UNKNOWN`. Never "nothing changed"
-//! when something may have.
+//! org shows the plan's effect the answer is success, if it shows nothing changed and the org had answered
+//! (a 5xx of its own, [`SfError::org_is_done`]) the answer is 503 (nothing changed, verified), and anything
+//! else is 504 `CRM_OUTCOME_UNKNOWN`: after a timeout the org may still be working on the write, and apply
+//! it after the read-back. Never "nothing changed" when something may have.
 
 use std::collections::HashSet;
 
@@ -236,7 +237,7 @@ async fn resolve_create(
     let now = after.open_ids();
     match new {
         Some(r) if close.iter().all(|id| !now.contains(id.as_str())) => Ok(r.id.clone()),
-        _ if now == old => {
+        _ if now == old && cause.org_is_done() => {
             Err(StoreError::Unavailable { retry_after: std::time::Duration::from_secs(1), source: Box::new(cause) })
         }
         _ => Err(StoreError::OutcomeUnknown(Box::new(cause))),
@@ -337,7 +338,7 @@ async fn write_status(
                 .map_err(|_| StoreError::OutcomeUnknown(Box::new(e.clone())))?;
             match now.map(|r| records::status(&s.config, record_type, &r)) {
                 Some(status) if status == to => Ok(()),
-                Some(status) if status == from => {
+                Some(status) if status == from && e.org_is_done() => {
                     Err(StoreError::Unavailable { retry_after: std::time::Duration::from_secs(1), source: Box::new(e) })
                 }
                 _ => Err(StoreError::OutcomeUnknown(Box::new(e))),
@@ -469,7 +470,7 @@ async fn convert_lead(
         Some(lead) if records::status(config, RecordType::Lead, &lead) == Status::CloseWon => {
             Ok(lead.get("ConvertedOpportunityId").and_then(Value::as_str).map(str::to_owned))
         }
-        Some(lead) if records::status(config, RecordType::Lead, &lead) == t.status => {
+        Some(lead) if records::status(config, RecordType::Lead, &lead) == t.status && lost.org_is_done() => {
             Err(StoreError::Unavailable { retry_after: std::time::Duration::from_secs(1), source: Box::new(lost) })
         }
         _ => Err(StoreError::OutcomeUnknown(Box::new(lost))),

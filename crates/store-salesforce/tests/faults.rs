@@ -153,3 +153,29 @@ async fn a_conversion_cut_short_is_finished_by_the_retry() {
     env.store.close_won(RecordType::Lead, &lead.id, true, &ctx("r4")).await.unwrap();
     assert_eq!(env.org.calls().len(), 1);
 }
+
+#[tokio::test]
+async fn a_write_whose_client_timed_out_is_never_answered_nothing_changed() {
+    // The org is slow: the client gives up on the composite while the org is still working on it. A real org
+    // finishes a transaction whose client has left, so a read-back made meanwhile can see the key unchanged
+    // and the write land after it. (The fake org drops a request whose client has gone, so here the write
+    // never lands; the answer must not depend on that.)
+    let env = support::env_on(support::org().await, |c| c.timeout = Duration::from_millis(300)).await;
+    env.store.create(&request(CustomerType::Ntb, "WARM", "CARD", "RM001"), &ctx("warm")).await.unwrap();
+    env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 1); // the read goes through
+    env.org.fail_next(Fault::DelayBefore(Duration::from_millis(700)), 1);
+    let r = env.store.create(&ntb("SLOW1"), &ctx("r1")).await;
+    assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "a create: {r:?}");
+
+    let lead = env.store.create(&ntb("SLOW2"), &ctx("r2")).await.unwrap();
+    env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 1);
+    env.org.fail_next(Fault::DelayBefore(Duration::from_millis(700)), 1);
+    let r = env.store.close_lost(RecordType::Lead, &lead.id, &ctx("r3")).await;
+    assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "a status change: {r:?}");
+
+    let lead = env.store.create(&ntb("SLOW3"), &ctx("r4")).await.unwrap();
+    env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 1);
+    env.org.fail_next(Fault::DelayBefore(Duration::from_millis(700)), 1);
+    let r = env.store.close_won(RecordType::Lead, &lead.id, true, &ctx("r5")).await;
+    assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "a conversion: {r:?}");
+}
