@@ -70,9 +70,9 @@ impl Write {
         }
     }
 
-    /// Binds the request's ticket (if it holds an `Idempotency-Key`) to this write's rendering, for the store.
-    pub fn ticket(self, claimed: Option<Ticket>) -> Option<Ticket> {
-        claimed.map(|t| Ticket { render: Arc::new(move |answer| self.render(answer)), ..t })
+    /// The ticket for the store: the request's claimed `Idempotency-Key` (if any) with this write's rendering.
+    pub fn ticket(self, claimed: Option<Claimed>) -> Option<Ticket> {
+        claimed.map(|c| Ticket { key: c.key, holder: c.holder, render: Arc::new(move |answer| self.render(answer)) })
     }
 
     /// The response to send for `answer`, rendered as the store recorded it; marked [`Recorded`] when the
@@ -86,14 +86,12 @@ impl Write {
     }
 }
 
-/// A ticket as the idempotency middleware hands it to the handler, before the handler binds it to its
-/// write with [`Write::ticket`]. Its rendering is never called: only a bound ticket reaches the store.
-pub fn unbound(key: String, holder: String) -> Ticket {
-    Ticket {
-        key,
-        holder,
-        render: Arc::new(|_| unreachable!("a ticket reaches the store only once a handler has bound it")),
-    }
+/// The `Idempotency-Key` a request has claimed, as the idempotency middleware hands it to the handler (a
+/// request extension); the handler makes it a [`Ticket`] with its write's rendering ([`Write::ticket`]).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub key: String,
+    pub holder: String,
 }
 
 /// A stored response as sent: the first time by the handler, again on every replay.

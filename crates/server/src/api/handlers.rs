@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use lifecycle::RecordType;
-use store::{Answer, RequestContext, Ticket};
+use store::{Answer, RequestContext};
 
 use super::answer::Write;
 use super::auth::Caller;
@@ -29,7 +29,7 @@ pub struct IdempotencyKeyHeader {
 }
 
 /// The `Idempotency-Key` the request holds, as the idempotency middleware claimed it.
-type Claimed = Option<Extension<Ticket>>;
+type Claimed = Option<Extension<super::answer::Claimed>>;
 
 /// Who asks, and (with an `Idempotency-Key`) the ticket with which the store records `write`'s answer.
 fn context(

@@ -237,7 +237,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Ok(Claim::Replay(stored)) => replay(stored),
         Ok(Claim::Proceed) => {
             let mut request = Request::from_parts(parts, Body::from(bytes));
-            request.extensions_mut().insert(answer::unbound(key.clone(), holder.clone()));
+            request.extensions_mut().insert(answer::Claimed { key: key.clone(), holder: holder.clone() });
             // Counted in flight until the run ends, even when the client has long been answered 408.
             let admitted = request.extensions().get::<Admitted>().cloned();
             let claim = Claimed { store: state.store.clone(), key, holder, settled: false };
