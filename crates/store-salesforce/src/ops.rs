@@ -64,7 +64,11 @@ async fn read_key(s: &SalesforceStore, request: &CreateRequest) -> Result<KeyRea
     let parts = c.send(client, label("create", "read"), Repeat::Safe).await.map_err(|e| s.error(e))?;
     let mut open = Vec::new();
     for (t, part) in types.iter().zip(&parts) {
+        let product = records::matched_product(request, s.matching);
         for r in part.records().map_err(|e| s.error(e))? {
+            if !records::is_of(&s.config, &r, &request.customer.id_number, product) {
+                continue;
+            }
             let (Some(id), Some(owner)) = (records::id(&r), records::owner_user(&r)) else { continue };
             open.push(OpenRecord {
                 id: id.to_owned(),

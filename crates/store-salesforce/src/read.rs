@@ -84,8 +84,12 @@ pub(crate) async fn search(
     }
     let parts =
         c.send(client, Label { operation: "search", step: "read" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
-    let leads = parts[0].records().map_err(|e| s.error(e))?;
-    let opportunities = parts[1].records().map_err(|e| s.error(e))?;
+    let exact = |mut records: Vec<Value>| {
+        records.retain(|r| records::is_of(&s.config, r, id_number, product));
+        records
+    };
+    let leads = exact(parts[0].records().map_err(|e| s.error(e))?);
+    let opportunities = exact(parts[1].records().map_err(|e| s.error(e))?);
     let codes = owner_codes(s, leads.iter().chain(&opportunities)).await?;
     let code = |r: &Value| records::owner_user(r).and_then(|u| codes.get(u).cloned());
     let source: HashMap<&str, &Value> =

@@ -82,6 +82,25 @@ pub(crate) fn customer_filter(config: &SalesforceConfig, id_number: &IdNumber, p
     filter
 }
 
+/// Whether a record read with [`customer_filter`] is really of that customer (and product). SOQL compares
+/// text without regard to case, the matching key (and the lock that guards it) does not: `ab12` and `AB12`
+/// are two keys, as on the SQL backends.
+pub(crate) fn is_of(
+    config: &SalesforceConfig,
+    record: &Value,
+    id_number: &IdNumber,
+    product: Option<&Product>,
+) -> bool {
+    let f = &config.fields;
+    let field = |name: &str| record.get(name).and_then(Value::as_str);
+    field(&f.id_number) == Some(id_number.expose()) && product.is_none_or(|p| field(&f.product) == Some(p.as_str()))
+}
+
+/// The product a matching read filters on: none when matching by id number alone.
+pub(crate) fn matched_product(request: &CreateRequest, matching: Matching) -> Option<&Product> {
+    (matching == Matching::IdNumberAndProduct).then_some(&request.product)
+}
+
 /// The open records of one type for a matching key, newest first (SPEC §6 reading 3 wants the newest).
 pub(crate) fn open_query(
     config: &SalesforceConfig,
@@ -89,14 +108,16 @@ pub(crate) fn open_query(
     request: &CreateRequest,
     matching: Matching,
 ) -> String {
-    let product = (matching == Matching::IdNumberAndProduct).then_some(&request.product);
+    let product = matched_product(request, matching);
     let filter = customer_filter(config, &request.customer.id_number, product);
     let open = match record_type {
         RecordType::Lead => format!("IsConverted = false AND Status != {}", literal(&config.statuses.lead_lost)),
         RecordType::Opportunity => "IsClosed = false".to_owned(),
     };
     format!(
-        "SELECT Id, OwnerId FROM {} WHERE {filter} AND {open} ORDER BY CreatedDate DESC, Id DESC LIMIT 200",
+        "SELECT Id, OwnerId, {}, {} FROM {} WHERE {filter} AND {open} ORDER BY CreatedDate DESC, Id DESC LIMIT 200",
+        config.fields.id_number,
+        config.fields.product,
         crate::soql::sobject(record_type)
     )
 }

@@ -38,3 +38,20 @@ async fn a_composite_reference_in_a_request_value_is_only_text() {
     }
     assert!(env.org.records("Lead").iter().all(|l| l["IdNumber__c"] != "REF2"));
 }
+
+/// SOQL compares text without regard to case; the matching key (and its lock) does not. Keys that differ
+/// only in case are different customers or products, as on the SQL backends.
+#[tokio::test]
+async fn keys_that_differ_only_in_case_are_different_keys() {
+    let env = support::env().await;
+    let upper = env.store.create(&request(CustomerType::Ntb, "AB12", "CARD", "RM001"), &ctx("r1")).await.unwrap();
+    let lower = env.store.create(&request(CustomerType::Ntb, "ab12", "CARD", "RM002"), &ctx("r2")).await.unwrap();
+    assert_eq!(lower.result, CreateResult::Created, "{lower:?}");
+    let product = env.store.create(&request(CustomerType::Ntb, "AB12", "Card", "RM002"), &ctx("r3")).await.unwrap();
+    assert_eq!(product.result, CreateResult::Created, "{product:?}");
+    assert_eq!(env.org.record("Lead", &upper.id).unwrap()["Status"], "Open - Not Contacted", "left open");
+    let search = env.store.search(&IdNumber::parse("ab12").unwrap(), None).await.unwrap();
+    assert_eq!(search.leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![lower.id.as_str()]);
+    let search = env.store.search(&IdNumber::parse("AB12").unwrap(), Some(&Product::parse("CARD").unwrap())).await;
+    assert_eq!(search.unwrap().leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![upper.id.as_str()]);
+}
