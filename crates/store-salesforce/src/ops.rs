@@ -26,7 +26,7 @@ use crate::client::{Body, Label, Repeat};
 use crate::composite::Composite;
 use crate::error::SfError;
 use crate::records::{self, close_body, new_record, open_query};
-use crate::soql::{is_record_id, literal, sobject};
+use crate::soql::{full_id, literal, sobject};
 use crate::{lock_times, owners, soap, SalesforceStore};
 
 fn label(operation: &'static str, step: &'static str) -> Label {
@@ -303,9 +303,12 @@ async fn locked(
     id: &str,
     operation: &'static str,
 ) -> Result<Locked, StoreError> {
-    if !is_record_id(record_type, id) {
+    // The local store knows a record by its 18-character id: a 15-character one would miss its key, and
+    // with it the re-read that catches another replica's change made before the lock was ours.
+    let Some(id) = full_id(record_type, id) else {
         return Err(StoreError::NotFound);
-    }
+    };
+    let id = id.as_str();
     let (lease, wait) = lock_times(&s.config);
     if let Some(key) = s.sidecar.key_of(id).await? {
         let lock = s.sidecar.lock_key(&key, lease, wait).await?;

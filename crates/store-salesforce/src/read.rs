@@ -10,7 +10,7 @@ use store::{RecordWithHistory, SearchResult, StoreError};
 use crate::client::{Label, Repeat};
 use crate::composite::Composite;
 use crate::records::{self, customer_filter, select, to_record};
-use crate::soql::{is_record_id, literal, sobject};
+use crate::soql::{full_id, literal, sobject};
 use crate::SalesforceStore;
 
 pub(crate) async fn get(
@@ -18,9 +18,11 @@ pub(crate) async fn get(
     record_type: RecordType,
     id: &str,
 ) -> Result<Option<RecordWithHistory>, StoreError> {
-    if !is_record_id(record_type, id) {
+    // The history is kept under the 18-character id the org answers with.
+    let Some(id) = full_id(record_type, id) else {
         return Ok(None);
-    }
+    };
+    let id = id.as_str();
     let client = &s.client;
     let field = &s.config.owner_user_field;
     let mut c = Composite::new(false);

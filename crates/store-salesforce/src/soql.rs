@@ -46,6 +46,15 @@ pub(crate) fn is_record_id(record_type: RecordType, id: &str) -> bool {
     shape && id.starts_with(prefix) && (id.len() == 15 || id[15..] == case_suffix(&id[..15]))
 }
 
+/// The 18-character form of a record id of that type (the form the org answers with, and the one the
+/// local store keeps history and keys under), or `None` when `id` cannot be one.
+pub(crate) fn full_id(record_type: RecordType, id: &str) -> Option<String> {
+    if !is_record_id(record_type, id) {
+        return None;
+    }
+    Some(if id.len() == 15 { format!("{id}{}", case_suffix(id)) } else { id.to_owned() })
+}
+
 /// The three characters Salesforce appends to a 15-character id: for each group of five, a bit per
 /// upper-case letter, as one of `A`–`Z`, `0`–`5`.
 fn case_suffix(id15: &str) -> String {
@@ -91,6 +100,10 @@ mod tests {
         assert!(is_record_id(RecordType::Lead, "00Q5g00000ABCDE"));
         assert!(is_record_id(RecordType::Lead, &format!("00Q5g00000ABCDE{}", case_suffix("00Q5g00000ABCDE"))));
         assert!(!is_record_id(RecordType::Lead, "00Q5g00000ABCDEAAA"), "wrong suffix");
+        let full = format!("00Q5g00000ABCDE{}", case_suffix("00Q5g00000ABCDE"));
+        assert_eq!(full_id(RecordType::Lead, "00Q5g00000ABCDE").as_deref(), Some(full.as_str()));
+        assert_eq!(full_id(RecordType::Lead, &full).as_deref(), Some(full.as_str()));
+        assert_eq!(full_id(RecordType::Opportunity, &full), None);
         assert!(!is_record_id(RecordType::Opportunity, "00Q5g00000ABCDE"));
         assert!(is_record_id(RecordType::Opportunity, "0065g00000ABCDE"));
         for bad in ["", "00Q", "00Q5g00000ABCDEFG", "00Q5g00000ABCDEF'H", "00Q5g00000ABC EFGH", "00Q5g00000ABCDEFGHI"] {

@@ -55,3 +55,16 @@ async fn keys_that_differ_only_in_case_are_different_keys() {
     let search = env.store.search(&IdNumber::parse("AB12").unwrap(), Some(&Product::parse("CARD").unwrap())).await;
     assert_eq!(search.unwrap().leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![upper.id.as_str()]);
 }
+
+/// A 15-character id names the same record as its 18-character form: same history, same key and lock.
+#[tokio::test]
+async fn a_fifteen_character_id_is_the_same_record() {
+    let env = support::env().await;
+    let lead = env.store.create(&request(CustomerType::Ntb, "ID15", "CARD", "RM001"), &ctx("r1")).await.unwrap();
+    let short = &lead.id[..15];
+    let got = env.store.get(RecordType::Lead, short).await.unwrap().unwrap();
+    assert_eq!(got.record.id, lead.id);
+    assert_eq!(got.history.len(), 1, "the creation, kept under the record's id");
+    env.store.close_lost(RecordType::Lead, short, &ctx("r2")).await.unwrap();
+    assert_eq!(env.store.get(RecordType::Lead, short).await.unwrap().unwrap().history.len(), 2);
+}
