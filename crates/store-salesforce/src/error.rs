@@ -134,7 +134,9 @@ impl SfError {
                 match e.code.as_str() {
                     "INACTIVE_OWNER_OR_USER" => StoreError::UnknownOwner,
                     "NOT_FOUND" | "ENTITY_IS_DELETED" | "INVALID_ID_FIELD" | "MALFORMED_ID" => StoreError::NotFound,
-                    "UNABLE_TO_LOCK_ROW" => {
+                    // A row lock held too long, or a concurrency limit (the daily one is `Limit`): the org
+                    // refused before any change, and the retries ran out.
+                    "UNABLE_TO_LOCK_ROW" | "REQUEST_LIMIT_EXCEEDED" => {
                         StoreError::Unavailable { retry_after: Duration::from_secs(2), source: Box::new(self) }
                     }
                     code if DATA_CODES.contains(&code) => {
@@ -185,6 +187,7 @@ mod tests {
             assert_eq!(kind(api(code, &[])), "not found", "{code}");
         }
         assert_eq!(kind(api("UNABLE_TO_LOCK_ROW", &[])), "unavailable");
+        assert_eq!(kind(api("REQUEST_LIMIT_EXCEEDED", &[])), "unavailable", "ConcurrentPerOrgLongTxn, retries spent");
         assert_eq!(
             kind(api("FIELD_CUSTOM_VALIDATION_EXCEPTION", &[])),
             "rejected FIELD_CUSTOM_VALIDATION_EXCEPTION None"
