@@ -88,15 +88,28 @@ impl Composite {
     pub async fn send(&self, client: &Client, label: Label, repeat: Repeat) -> Result<Vec<Part>, SfError> {
         let body = json!({ "allOrNone": self.all_or_none, "compositeRequest": self.subrequests });
         let path = client.data_path("/composite");
-        let answer = client.call(label, Method::POST, &path, Body::Json(&body), repeat).await?;
-        let parts = parse(&answer, self.subrequests.len())?;
-        if self.all_or_none && parts.iter().any(|p| !p.ok()) {
+        let mut attempt = 1;
+        loop {
+            let answer = client.call(label, Method::POST, &path, Body::Json(&body), repeat).await?;
+            let parts = parse(&answer, self.subrequests.len())?;
+            if !(self.all_or_none && parts.iter().any(|p| !p.ok())) {
+                return Ok(parts);
+            }
             let mut errors: Vec<OrgError> = parts.iter().filter(|p| !p.ok()).flat_map(Part::errors).collect();
             errors.sort_by_key(|e| e.code == "PROCESSING_HALTED");
             let status = parts.iter().find(|p| !p.ok()).map_or(400, |p| p.status);
+            // Another transaction held a row too long: the org rolled the whole request back, so the same
+            // request may be sent again. The answer is HTTP 200, so the client's own retry never sees it.
+            let failed: Vec<&OrgError> = errors.iter().filter(|e| e.code != "PROCESSING_HALTED").collect();
+            let row_lock = !failed.is_empty() && failed.iter().all(|e| e.code == "UNABLE_TO_LOCK_ROW");
+            if row_lock && attempt < client.config.max_attempts {
+                let ceiling = std::time::Duration::from_millis(100u64 << attempt.min(5));
+                tokio::time::sleep(ceiling.mul_f64(fastrand::f64())).await;
+                attempt += 1;
+                continue;
+            }
             return Err(SfError::Api { status, errors });
         }
-        Ok(parts)
     }
 }
 

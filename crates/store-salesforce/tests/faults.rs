@@ -48,6 +48,11 @@ async fn transient_failures_of_reads_are_retried() {
     env.org.fail_next(Fault::UnableToLockRow, 1);
     let lost = env.store.close_lost(RecordType::Lead, &created.id, &ctx("r2")).await.unwrap();
     assert_eq!(lost.status, Status::CloseLost, "a write refused with UNABLE_TO_LOCK_ROW (rolled back) is retried");
+    // Inside a composite the row lock comes as a subresponse of an HTTP 200: retried too.
+    env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 1); // the key read
+    env.org.fail_next(Fault::UnableToLockRow, 1);
+    let replaced = env.store.create(&request(CustomerType::Ntb, "T1", "CARD", "RM002"), &ctx("r3")).await;
+    assert_eq!(replaced.unwrap().result, CreateResult::Created, "the composite was sent again after the rollback");
 }
 
 #[tokio::test]
