@@ -125,6 +125,21 @@ async fn keep(s: &SalesforceStore, entries: &[AuditEntry], completion: Option<(&
     }
 }
 
+/// After a write whose outcome is unknown (its answer was lost), the org may still be applying it. The key
+/// stays locked a while longer (three call timeouts), so that no other request for the customer reads a
+/// state the late write would change and plans on it; a second open record would follow.
+fn linger<T>(result: Result<T, StoreError>, lock: KeyLock, s: &SalesforceStore) -> Result<T, StoreError> {
+    if let Err(StoreError::OutcomeUnknown(_)) = &result {
+        let hold = s.config.timeout * 3;
+        tracing::warn!(hold_ms = hold.as_millis() as u64, "salesforce: holding the key after an unknown outcome");
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            drop(lock);
+        });
+    }
+    result
+}
+
 pub(crate) async fn create(
     s: &SalesforceStore,
     request: &CreateRequest,
@@ -132,7 +147,17 @@ pub(crate) async fn create(
 ) -> Result<CreateOutcome, StoreError> {
     let key = request.match_key(s.matching);
     let (lease, wait) = lock_times(&s.config);
-    let _lock = s.sidecar.lock_key(key.expose(), lease, wait).await?;
+    let lock = s.sidecar.lock_key(key.expose(), lease, wait).await?;
+    let result = create_held(s, request, ctx, &key).await;
+    linger(result, lock, s)
+}
+
+async fn create_held(
+    s: &SalesforceStore,
+    request: &CreateRequest,
+    ctx: &RequestContext,
+    key: &lifecycle::MatchKey,
+) -> Result<CreateOutcome, StoreError> {
     let before = read_key(s, request).await?;
     let owner_user = before.owner.clone().ok_or(StoreError::UnknownOwner)?;
     let plan = plan_create(request.customer_type, &OwnerId::from_stored(owner_user.clone()), &before.snapshot);
@@ -362,6 +387,16 @@ pub(crate) async fn close_lost(
     ctx: &RequestContext,
 ) -> Result<RecordRef, StoreError> {
     let l = locked(s, record_type, id, "close_lost").await?;
+    let result = close_lost_held(s, &l, record_type, ctx).await;
+    linger(result, l._lock, s)
+}
+
+async fn close_lost_held(
+    s: &SalesforceStore,
+    l: &Locked,
+    record_type: RecordType,
+    ctx: &RequestContext,
+) -> Result<RecordRef, StoreError> {
     let t = l.target(s, record_type);
     let answer = RecordRef { id: t.id.clone(), status: Status::CloseLost };
     let entries = match plan_close_lost(&t) {
@@ -386,6 +421,17 @@ pub(crate) async fn close_won(
     ctx: &RequestContext,
 ) -> Result<CloseWonOutcome, StoreError> {
     let l = locked(s, record_type, id, "close_won").await?;
+    let result = close_won_held(s, &l, record_type, convert, ctx).await;
+    linger(result, l._lock, s)
+}
+
+async fn close_won_held(
+    s: &SalesforceStore,
+    l: &Locked,
+    record_type: RecordType,
+    convert: bool,
+    ctx: &RequestContext,
+) -> Result<CloseWonOutcome, StoreError> {
     let mut t = l.target(s, record_type);
     match plan_close_won(&t, convert) {
         CloseWonPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),

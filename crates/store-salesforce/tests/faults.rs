@@ -184,3 +184,26 @@ async fn a_write_whose_client_timed_out_is_never_answered_nothing_changed() {
     let r = env.store.close_won(RecordType::Lead, &lead.id, true, &ctx("r5")).await;
     assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "a conversion: {r:?}");
 }
+
+#[tokio::test]
+async fn after_an_unknown_outcome_the_key_stays_locked_while_the_write_may_still_land() {
+    let env = support::env_on(support::org().await, |c| {
+        c.timeout = Duration::from_millis(300);
+        c.lock_wait = Duration::from_millis(200);
+    })
+    .await;
+    env.store.create(&request(CustomerType::Ntb, "WARM", "CARD", "RM001"), &ctx("warm")).await.unwrap();
+    env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 1); // the read goes through
+    env.org.fail_next(Fault::DelayBefore(Duration::from_millis(700)), 1);
+    let r = env.store.create(&ntb("HOLD1"), &ctx("r1")).await;
+    assert!(matches!(r, Err(StoreError::OutcomeUnknown(_))), "{r:?}");
+    // Another request for the customer is kept out while the org may still apply the first …
+    let blocked = env.store.create(&request(CustomerType::Ntb, "HOLD1", "CARD", "RM002"), &ctx("r2")).await;
+    assert!(matches!(blocked, Err(StoreError::Unavailable { .. })), "{blocked:?}");
+    // … other customers are not …
+    env.store.create(&ntb("OTHER"), &ctx("r3")).await.unwrap();
+    // … and once the hold is over (three call timeouts), the customer is served again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = env.store.create(&request(CustomerType::Ntb, "HOLD1", "CARD", "RM002"), &ctx("r4")).await.unwrap();
+    assert_ne!(later.result, CreateResult::Existing);
+}
