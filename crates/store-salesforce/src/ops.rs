@@ -437,7 +437,7 @@ async fn close_won_held(
         CloseWonPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
         CloseWonPlan::AlreadyWon => {
             if let Some(opp) = t.converted_opportunity_id.clone() {
-                heal_conversion(s, &l, &opp, ctx).await?;
+                heal_conversion(s, l, &opp, ctx).await?;
             }
         }
         CloseWonPlan::Win { .. } if record_type == RecordType::Opportunity => {
@@ -449,7 +449,7 @@ async fn close_won_held(
             keep(s, &[entry], None).await;
         }
         CloseWonPlan::Win { convert } => {
-            let opportunity = convert_lead(s, &l, &t, convert).await?;
+            let opportunity = convert_lead(s, l, &t, convert).await?;
             // The lead's change stands whatever happens next: keep it now, so that a retry after a failure
             // below finds the lead won and only finishes the opportunity.
             let at = OffsetDateTime::now_utc();
@@ -457,7 +457,7 @@ async fn close_won_held(
                 audit(&t.id, record_type, &l.key, Some(t.status), Status::CloseWon, at, ctx, ctx.reason.clone());
             keep(s, &[entry], None).await;
             if let Some(opp) = &opportunity {
-                win_opportunity(s, &l, opp, ctx).await?;
+                win_opportunity(s, l, opp, ctx).await?;
             }
             t.converted_opportunity_id = opportunity;
         }
