@@ -56,6 +56,14 @@ async fn get_status(addr: &str, path: &str) -> String {
     String::from_utf8_lossy(&text).lines().next().unwrap_or("").to_owned()
 }
 
+/// Opens connections in waves of twenty rather than all at once: a burst of hundreds of handshakes on a
+/// loaded machine tests the kernel's accept queue, not the service's limits.
+async fn pace(n: usize) {
+    if n % 20 == 19 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn summary(name: &str, times: &[Duration]) -> (Duration, Duration) {
     let min = times.iter().min().copied().unwrap_or_default();
     let max = times.iter().max().copied().unwrap_or_default();
@@ -68,10 +76,11 @@ async fn slow_silent_and_idle_clients_are_closed_while_others_are_served() {
     let service = start(&[("CRM_HEADER_READ_TIMEOUT_MS", "2000"), ("CRM_IDLE_TIMEOUT_MS", "5000")]);
     let addr = service.addr.clone();
     let limit = Duration::from_secs(20);
-    let (silent_n, slow_n, idle_n) = (150, 150, 50);
+    let (silent_n, slow_n, idle_n) = (100, 100, 40);
 
     let mut silent = Vec::new();
-    for _ in 0..silent_n {
+    for n in 0..silent_n {
+        pace(n).await;
         let addr = addr.clone();
         silent.push(tokio::spawn(async move {
             let mut conn = TcpStream::connect(&addr).await.unwrap();
@@ -81,6 +90,7 @@ async fn slow_silent_and_idle_clients_are_closed_while_others_are_served() {
     }
     let mut slow = Vec::new();
     for i in 0..slow_n {
+        pace(i).await;
         let addr = addr.clone();
         slow.push(tokio::spawn(async move {
             let mut conn = TcpStream::connect(&addr).await.unwrap();
@@ -138,9 +148,14 @@ async fn slow_silent_and_idle_clients_are_closed_while_others_are_served() {
         ("idle keep-alive", idle, Duration::from_millis(4500)),
     ] {
         let mut closed = Vec::new();
+        let mut open = 0;
         for t in tasks {
-            closed.push(t.await.unwrap().unwrap_or_else(|| panic!("a {name} connection was still open after 20 s")));
+            match t.await.unwrap() {
+                Some(after) => closed.push(after),
+                None => open += 1,
+            }
         }
+        assert_eq!(open, 0, "{open} {name} connections still open after 20 s ({} closed)", closed.len());
         let (min, _) = summary(name, &closed);
         // Closed by its own limit: the idle one lives past the head limit.
         assert!(min >= at_least, "{name} closed after {min:?}, before its limit");
