@@ -144,18 +144,25 @@ pub(crate) fn get(
     else {
         return Ok(None);
     };
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT from_status, to_status, at, request_id, channel, reason FROM history
-             WHERE record_id = ?1 ORDER BY seq",
-        )
-        .map_err(error)?;
-    let mut rows = stmt.query([id]).map_err(error)?;
+    let history = history_of(
+        conn,
+        "SELECT from_status, to_status, at, request_id, channel, reason FROM history
+         WHERE record_id = ?1 ORDER BY seq",
+        id,
+    )?;
+    Ok(Some(RecordWithHistory { record, history }))
+}
+
+/// The history rows `sql` selects for `record_id` (the lifecycle's `history` table, or a CRM backend's
+/// `audit`), oldest first.
+pub(crate) fn history_of(conn: &Connection, sql: &str, record_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+    let mut rows = stmt.query([record_id]).map_err(error)?;
     let mut history = Vec::new();
     while let Some(r) = rows.next().map_err(error)? {
         history.push(history_entry(r)?);
     }
-    Ok(Some(RecordWithHistory { record, history }))
+    Ok(history)
 }
 
 pub(crate) fn search(

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, OwnedMutexGuard};
 use tokio::time::Instant;
 
-use crate::read::{error, format_time, history_entry};
+use crate::read::{error, format_time};
 use crate::{idempotency, writer, SqliteStore};
 
 /// The longest pause between two looks at a held key: short enough that a freed key is taken promptly,
@@ -176,18 +176,12 @@ impl Sidecar for SqliteStore {
         let record_id = record_id.to_owned();
         self.readers
             .run(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT from_status, to_status, at, request_id, channel, reason FROM audit
-                         WHERE record_id = ?1 ORDER BY seq",
-                    )
-                    .map_err(error)?;
-                let mut rows = stmt.query([record_id]).map_err(error)?;
-                let mut history = Vec::new();
-                while let Some(r) = rows.next().map_err(error)? {
-                    history.push(history_entry(r)?);
-                }
-                Ok(history)
+                crate::read::history_of(
+                    conn,
+                    "SELECT from_status, to_status, at, request_id, channel, reason FROM audit
+                     WHERE record_id = ?1 ORDER BY seq",
+                    &record_id,
+                )
             })
             .await
     }
