@@ -16,6 +16,7 @@
 //! the CRM (see `sidecar`).
 
 mod idempotency;
+mod outbox;
 mod read;
 pub mod scratch;
 mod sidecar;
@@ -44,6 +45,8 @@ pub struct PgConfig {
     pub acquire_timeout: Duration,
     /// Server-side bound on any one statement (lock waits included).
     pub statement_timeout: Duration,
+    /// Whether every status change also writes its event to the outbox (events are configured).
+    pub events: bool,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -100,6 +103,7 @@ impl PgConfig {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
+            events: false,
         }
     }
 }
@@ -126,6 +130,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct PgStore {
     pool: PgPool,
     matching: Matching,
+    /// Whether the writes keep their events in the outbox.
+    events: bool,
     /// In-process locks, a stripe per hash of the matching key, taken before a connection is: requests
     /// for one busy customer queue here instead of each holding a pooled connection while they wait for
     /// the database lock, so they cannot starve other customers (or readiness) of connections.
@@ -190,7 +196,7 @@ impl PgStore {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
         let stripes = (0..STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
-        Ok(Self { pool, matching: config.matching, stripes })
+        Ok(Self { pool, matching: config.matching, stripes, events: config.events })
     }
 
     fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
@@ -239,7 +245,7 @@ pub(crate) fn retryable(e: &sqlx::Error) -> bool {
 impl Store for PgStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         let _queued = self.stripe(request.match_key(self.matching).expose()).lock().await;
-        write::retrying(|| write::create(&self.pool, request, ctx, self.matching)).await
+        write::retrying(|| write::create(&self.pool, request, ctx, self.matching, self.events)).await
     }
 
     async fn close_won(
@@ -251,7 +257,7 @@ impl Store for PgStore {
     ) -> Result<CloseWonOutcome, StoreError> {
         let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
         let _queued = self.stripe(&key).lock().await;
-        write::retrying(|| write::close_won(&self.pool, &key, record_type, id, convert, ctx)).await
+        write::retrying(|| write::close_won(&self.pool, &key, record_type, id, convert, ctx, self.events)).await
     }
 
     async fn close_lost(
@@ -262,7 +268,7 @@ impl Store for PgStore {
     ) -> Result<RecordRef, StoreError> {
         let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
         let _queued = self.stripe(&key).lock().await;
-        write::retrying(|| write::close_lost(&self.pool, &key, record_type, id, ctx)).await
+        write::retrying(|| write::close_lost(&self.pool, &key, record_type, id, ctx, self.events)).await
     }
 
     async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {

@@ -9,13 +9,14 @@ use std::future::Future;
 
 use lifecycle::{
     plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
-    OwnerId, Reason, RecordType, Snapshot, Status, Target,
+    OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
 };
 use sqlx::{PgPool, Postgres, Transaction};
-use store::{Answer, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use store::{events, Answer, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
 use time::OffsetDateTime;
 
 use crate::idempotency::answer;
+use crate::outbox;
 use crate::{error, retryable};
 
 /// A step that failed either for a reason to report, or on a conflict worth running it again for.
@@ -138,6 +139,7 @@ pub(crate) async fn create(
     request: &CreateRequest,
     ctx: &RequestContext,
     matching: Matching,
+    with_events: bool,
 ) -> Result<CreateOutcome, Failure> {
     let key = request.match_key(matching);
     let mut tx = pool.begin().await?;
@@ -158,7 +160,8 @@ pub(crate) async fn create(
             owner_id: OwnerId::from_stored(owner),
         });
     }
-    let plan = plan_create(request.customer_type, &request.owner_id, &Snapshot { open });
+    let snapshot = Snapshot { open };
+    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot);
     let result = plan.result();
     let (record_type, close) = match plan {
         CreatePlan::Existing { record_type, id } => {
@@ -216,6 +219,10 @@ pub(crate) async fn create(
         owner_id: request.owner_id.clone(),
         closed_record_ids: close,
     };
+    if with_events {
+        let changes = events::on_create(request, ctx, &snapshot, &outcome);
+        outbox::write(&mut tx, key.expose(), &changes, ctx, at).await?;
+    }
     finish(tx, ctx, Answer::Create(&outcome)).await?;
     Ok(outcome)
 }
@@ -232,26 +239,30 @@ pub(crate) async fn key_of(pool: &PgPool, record_type: RecordType, id: &str) -> 
     Ok(key.ok_or(StoreError::NotFound)?)
 }
 
+/// The record a close names, read under its key's lock, with what its events need: owner and product.
+struct Locked {
+    target: Target,
+    owner: OwnerId,
+    product: Product,
+    at: OffsetDateTime,
+}
+
 /// Locks `key` and reads the record `id` names under it.
-async fn locked_target(
-    tx: &mut Tx,
-    key: &str,
-    record_type: RecordType,
-    id: &str,
-) -> Result<(Target, OffsetDateTime), Failure> {
+async fn locked_target(tx: &mut Tx, key: &str, record_type: RecordType, id: &str) -> Result<Locked, Failure> {
     let at = lock_key(tx, key).await?;
-    let (status, converted): (String, Option<String>) =
-        sqlx::query_as("SELECT status, converted_opportunity_id FROM records WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let (status, converted, owner, product): (String, Option<String>, String, String) = sqlx::query_as(
+        "SELECT status, converted_opportunity_id, owner_id, product FROM records WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     let target = Target {
         id: id.to_owned(),
         record_type,
         status: Status::parse(&status).map_err(StoreError::internal)?,
         converted_opportunity_id: converted,
     };
-    Ok((target, at))
+    Ok(Locked { target, owner: OwnerId::from_stored(owner), product: Product::from_stored(product), at })
 }
 
 pub(crate) async fn close_won(
@@ -261,9 +272,11 @@ pub(crate) async fn close_won(
     id: &str,
     convert: bool,
     ctx: &RequestContext,
+    with_events: bool,
 ) -> Result<CloseWonOutcome, Failure> {
     let mut tx = pool.begin().await?;
-    let (mut t, at) = locked_target(&mut tx, key, record_type, id).await?;
+    let locked = locked_target(&mut tx, key, record_type, id).await?;
+    let (mut t, at) = (locked.target.clone(), locked.at);
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => {
             let outcome = CloseWonOutcome::won(&t);
@@ -301,6 +314,10 @@ pub(crate) async fn close_won(
                 t.converted_opportunity_id = Some(opp);
             }
             let outcome = CloseWonOutcome::won(&t);
+            if with_events {
+                let changes = events::on_close_won(&locked.target, &locked.owner, &locked.product, ctx, &outcome);
+                outbox::write(&mut tx, key, &changes, ctx, at).await?;
+            }
             finish(tx, ctx, Answer::CloseWon(&outcome)).await?;
             Ok(outcome)
         }
@@ -313,9 +330,11 @@ pub(crate) async fn close_lost(
     record_type: RecordType,
     id: &str,
     ctx: &RequestContext,
+    with_events: bool,
 ) -> Result<RecordRef, Failure> {
     let mut tx = pool.begin().await?;
-    let (t, at) = locked_target(&mut tx, key, record_type, id).await?;
+    let locked = locked_target(&mut tx, key, record_type, id).await?;
+    let (t, at) = (&locked.target, locked.at);
     let outcome = RecordRef { id: t.id.clone(), status: Status::CloseLost };
     match plan_close_lost(&t) {
         CloseLostPlan::AlreadyLost => finish_unchanged(tx, ctx, Answer::CloseLost(&outcome)).await?,
@@ -326,6 +345,10 @@ pub(crate) async fn close_lost(
         CloseLostPlan::Lose => {
             set_status(&mut tx, at, id, t.status, Status::CloseLost).await?;
             history(&mut tx, at, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
+            if with_events {
+                let changes = events::on_close_lost(t, &locked.owner, &locked.product, ctx);
+                outbox::write(&mut tx, key, &changes, ctx, at).await?;
+            }
             finish(tx, ctx, Answer::CloseLost(&outcome)).await?;
         }
     }

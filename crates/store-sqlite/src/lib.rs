@@ -19,6 +19,7 @@
 
 mod idempotency;
 mod ops;
+mod outbox;
 mod read;
 mod schema;
 mod sidecar;
@@ -50,11 +51,13 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Jobs waiting for the writer before callers wait for room (back-pressure).
     pub queue: usize,
+    /// Whether every status change also writes its event to the outbox (events are configured).
+    pub events: bool,
 }
 
 impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), matching: Matching::default(), max_batch: 256, queue: 4096 }
+        Self { path: path.into(), matching: Matching::default(), max_batch: 256, queue: 4096, events: false }
     }
 }
 
@@ -126,7 +129,8 @@ impl SqliteStore {
         schema::migrate(&mut conn, &config.path)?;
         schema::check_matching(&conn, &config.path, config.matching)?;
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
-        let settings = writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1) };
+        let settings =
+            writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1), events: config.events };
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer::run(conn, queue, settings))
@@ -176,7 +180,7 @@ impl Store for SqliteStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
         let (request, ctx) = (request.clone(), ctx.clone());
         self.submit(move |tx, s| {
-            let outcome = ops::create(tx, &request, &ctx, s.matching, OffsetDateTime::now_utc())?;
+            let outcome = ops::create(tx, &request, &ctx, s, OffsetDateTime::now_utc())?;
             idempotency::answer(tx, &ctx, Answer::Create(&outcome))?;
             Ok(outcome)
         })
@@ -191,8 +195,8 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(move |tx, _| {
-            let outcome = ops::close_won(tx, record_type, &id, convert, &ctx, OffsetDateTime::now_utc())?;
+        self.submit(move |tx, s| {
+            let outcome = ops::close_won(tx, record_type, &id, convert, &ctx, s, OffsetDateTime::now_utc())?;
             idempotency::answer(tx, &ctx, Answer::CloseWon(&outcome))?;
             Ok(outcome)
         })
@@ -206,8 +210,8 @@ impl Store for SqliteStore {
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
         let (id, ctx) = (id.to_owned(), ctx.clone());
-        self.submit(move |tx, _| {
-            let outcome = ops::close_lost(tx, record_type, &id, &ctx, OffsetDateTime::now_utc())?;
+        self.submit(move |tx, s| {
+            let outcome = ops::close_lost(tx, record_type, &id, &ctx, s, OffsetDateTime::now_utc())?;
             idempotency::answer(tx, &ctx, Answer::CloseLost(&outcome))?;
             Ok(outcome)
         })

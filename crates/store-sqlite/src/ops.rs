@@ -1,14 +1,16 @@
 //! The lifecycle operations as the writer runs them: read the snapshot, ask the rules, execute the plan.
 
 use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
-    OwnerId, Reason, RecordType, Snapshot, Status, Target,
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, OpenRecord, OwnerId,
+    Product, Reason, RecordType, Snapshot, Status, Target,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
-use store::{CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use store::{events, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
 use time::OffsetDateTime;
 
+use crate::outbox;
 use crate::read::{error, format_time};
+use crate::writer::Settings;
 
 fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
     let mut stmt = tx
@@ -79,11 +81,12 @@ pub(crate) fn create(
     tx: &Transaction<'_>,
     request: &CreateRequest,
     ctx: &RequestContext,
-    matching: Matching,
+    settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<CreateOutcome, StoreError> {
-    let key = request.match_key(matching);
-    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot(tx, key.expose())?);
+    let key = request.match_key(settings.matching);
+    let snapshot = snapshot(tx, key.expose())?;
+    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot);
     let result = plan.result();
     match plan {
         CreatePlan::Existing { record_type, id } => Ok(CreateOutcome {
@@ -132,36 +135,58 @@ pub(crate) fn create(
             })
             .map_err(error)?;
             history(tx, &id, None, open, &at, ctx, ctx.reason.as_ref())?;
-            Ok(CreateOutcome {
+            let outcome = CreateOutcome {
                 result,
                 record_type,
                 id,
                 status: open,
                 owner_id: request.owner_id.clone(),
                 closed_record_ids: close,
-            })
+            };
+            if settings.events {
+                let changes = events::on_create(request, ctx, &snapshot, &outcome);
+                outbox::write(tx, key.expose(), &changes, ctx, now)?;
+            }
+            Ok(outcome)
         }
     }
 }
 
-fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Target, StoreError> {
-    tx.prepare_cached("SELECT status, converted_opportunity_id FROM records WHERE id = ?1 AND record_type = ?2")
+/// The record a close names, and what its events need of it: its matching key, owner and product.
+struct Found {
+    target: Target,
+    key: String,
+    owner: OwnerId,
+    product: Product,
+}
+
+type TargetRow = (String, Option<String>, String, String, String);
+
+fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Found, StoreError> {
+    let (status, converted, key, owner, product): TargetRow = tx
+        .prepare_cached(
+            "SELECT status, converted_opportunity_id, match_key, owner_id, product FROM records
+             WHERE id = ?1 AND record_type = ?2",
+        )
         .and_then(|mut s| {
             s.query_row(params![id, record_type.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()
         })
         .map_err(error)?
-        .ok_or(StoreError::NotFound)
-        .and_then(|(status, converted)| {
-            Ok(Target {
-                id: id.to_owned(),
-                record_type,
-                status: Status::parse(&status).map_err(StoreError::internal)?,
-                converted_opportunity_id: converted,
-            })
-        })
+        .ok_or(StoreError::NotFound)?;
+    Ok(Found {
+        target: Target {
+            id: id.to_owned(),
+            record_type,
+            status: Status::parse(&status).map_err(StoreError::internal)?,
+            converted_opportunity_id: converted,
+        },
+        key,
+        owner: OwnerId::from_stored(owner),
+        product: Product::from_stored(product),
+    })
 }
 
 pub(crate) fn close_won(
@@ -170,9 +195,11 @@ pub(crate) fn close_won(
     id: &str,
     convert: bool,
     ctx: &RequestContext,
+    settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<CloseWonOutcome, StoreError> {
-    let mut t = target(tx, record_type, id)?;
+    let found = target(tx, record_type, id)?;
+    let mut t = found.target.clone();
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => Ok(CloseWonOutcome::won(&t)),
         CloseWonPlan::Refuse => Err(StoreError::InvalidTransition { current: t.status }),
@@ -199,7 +226,12 @@ pub(crate) fn close_won(
                 history(tx, &opp, None, Status::CloseWon, &at, ctx, ctx.reason.as_ref())?;
                 t.converted_opportunity_id = Some(opp);
             }
-            Ok(CloseWonOutcome::won(&t))
+            let outcome = CloseWonOutcome::won(&t);
+            if settings.events {
+                let changes = events::on_close_won(&found.target, &found.owner, &found.product, ctx, &outcome);
+                outbox::write(tx, &found.key, &changes, ctx, now)?;
+            }
+            Ok(outcome)
         }
     }
 }
@@ -209,9 +241,11 @@ pub(crate) fn close_lost(
     record_type: RecordType,
     id: &str,
     ctx: &RequestContext,
+    settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<RecordRef, StoreError> {
-    let t = target(tx, record_type, id)?;
+    let found = target(tx, record_type, id)?;
+    let t = &found.target;
     match plan_close_lost(&t) {
         CloseLostPlan::AlreadyLost => {}
         CloseLostPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
@@ -219,7 +253,11 @@ pub(crate) fn close_lost(
             let at = format_time(now);
             set_status(tx, id, t.status, Status::CloseLost, &at)?;
             history(tx, id, Some(t.status), Status::CloseLost, &at, ctx, ctx.reason.as_ref())?;
+            if settings.events {
+                let changes = events::on_close_lost(t, &found.owner, &found.product, ctx);
+                outbox::write(tx, &found.key, &changes, ctx, now)?;
+            }
         }
     }
-    Ok(RecordRef { id: t.id, status: Status::CloseLost })
+    Ok(RecordRef { id: t.id.clone(), status: Status::CloseLost })
 }

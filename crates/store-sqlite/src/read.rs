@@ -21,7 +21,7 @@ pub(crate) fn format_time(t: OffsetDateTime) -> String {
     t.format(TIME).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, StoreError> {
     PrimitiveDateTime::parse(s, TIME).map(PrimitiveDateTime::assume_utc).map_err(StoreError::internal)
 }
 

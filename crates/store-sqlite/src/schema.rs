@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_idempotency", include_str!("../migrations/0002_idempotency.sql")),
     ("0003_sidecar", include_str!("../migrations/0003_sidecar.sql")),
     ("0004_idempotency_holder", include_str!("../migrations/0004_idempotency_holder.sql")),
+    ("0005_outbox", include_str!("../migrations/0005_outbox.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {

@@ -13,6 +13,8 @@ use crate::read::error;
 pub(crate) struct Settings {
     pub matching: Matching,
     pub max_batch: usize,
+    /// Whether the operations write their events to the outbox.
+    pub events: bool,
 }
 
 /// What the writer's queue carries: a write, or the order to stop once everything before it is done.

@@ -20,6 +20,9 @@ pub use lifecycle::CreateRequest;
 
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod events;
+#[cfg(feature = "contract")]
+pub mod outbox_contract;
 
 /// Who asked, for the history of every status change (SPEC §1), and the `Idempotency-Key` the request
 /// holds, if any: the store records the answer with the operation itself, in one transaction, so a failure
