@@ -336,7 +336,7 @@ pub(crate) async fn close_lost(
     let locked = locked_target(&mut tx, key, record_type, id).await?;
     let (t, at) = (&locked.target, locked.at);
     let outcome = RecordRef { id: t.id.clone(), status: Status::CloseLost };
-    match plan_close_lost(&t) {
+    match plan_close_lost(t) {
         CloseLostPlan::AlreadyLost => finish_unchanged(tx, ctx, Answer::CloseLost(&outcome)).await?,
         CloseLostPlan::Refuse => {
             tx.rollback().await?;

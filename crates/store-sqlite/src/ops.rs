@@ -246,7 +246,7 @@ pub(crate) fn close_lost(
 ) -> Result<RecordRef, StoreError> {
     let found = target(tx, record_type, id)?;
     let t = &found.target;
-    match plan_close_lost(&t) {
+    match plan_close_lost(t) {
         CloseLostPlan::AlreadyLost => {}
         CloseLostPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
         CloseLostPlan::Lose => {
