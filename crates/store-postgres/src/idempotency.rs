@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{PgExecutor, Postgres, Row, Transaction};
-use store::{Answer, Claim, Idempotency, RequestContext, StoreError, StoredResponse};
+use store::{
+    decide_claim, Answer, Claim, ClaimDecision, Idempotency, KeptKey, RequestContext, StoreError, StoredResponse,
+};
+use time::OffsetDateTime;
 
 use crate::write::{retrying, Failure};
 use crate::PgStore;
@@ -30,23 +33,33 @@ async fn claim_once(
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('idem:' || $1, 0))").bind(key).execute(&mut *tx).await?;
     let row = sqlx::query(
-        "SELECT fingerprint, state, locked_until > now() AS leased, status, content_type, location, body
-         FROM idempotency_keys WHERE key = $1 AND expires_at > now()",
+        "SELECT now() AS now, fingerprint, state, locked_until, expires_at, status, content_type, location, body
+         FROM (SELECT 1) AS one LEFT JOIN idempotency_keys ON key = $1",
     )
     .bind(key)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let claim = match row {
-        Some(r) if r.try_get::<String, _>("fingerprint")? != fingerprint => Claim::Mismatch,
-        Some(r) if r.try_get::<String, _>("state")? == "done" => Claim::Replay(StoredResponse {
-            status: r.try_get::<Option<i32>, _>("status")?.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
-            content_type: r.try_get("content_type")?,
-            location: r.try_get("location")?,
-            body: r.try_get::<Option<Vec<u8>>, _>("body")?.unwrap_or_default(),
+    let now: OffsetDateTime = row.try_get("now")?;
+    let kept_fingerprint: Option<String> = row.try_get("fingerprint")?;
+    let kept = match &kept_fingerprint {
+        Some(fingerprint) => Some(KeptKey {
+            fingerprint,
+            done: row.try_get::<String, _>("state")? == "done",
+            locked_until: row.try_get("locked_until")?,
+            expires_at: row.try_get("expires_at")?,
         }),
-        Some(r) if r.try_get::<Option<bool>, _>("leased")?.unwrap_or(false) => Claim::InUse,
-        Some(_) => {
-            // A running claim whose lease ran out: its holder died. Take it over.
+        None => None,
+    };
+    let claim = match decide_claim(kept.as_ref(), fingerprint, now) {
+        ClaimDecision::Mismatch => Claim::Mismatch,
+        ClaimDecision::InUse => Claim::InUse,
+        ClaimDecision::Replay => Claim::Replay(StoredResponse {
+            status: row.try_get::<Option<i32>, _>("status")?.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+            content_type: row.try_get("content_type")?,
+            location: row.try_get("location")?,
+            body: row.try_get::<Option<Vec<u8>>, _>("body")?.unwrap_or_default(),
+        }),
+        ClaimDecision::TakeOver => {
             sqlx::query("UPDATE idempotency_keys SET locked_until = now() + $2::interval, holder = $3 WHERE key = $1")
                 .bind(key)
                 .bind(lease)
@@ -55,7 +68,7 @@ async fn claim_once(
                 .await?;
             Claim::Proceed
         }
-        None => {
+        ClaimDecision::Fresh => {
             sqlx::query(
                 "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
                  VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval, $5)

@@ -9,13 +9,14 @@
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension, Transaction};
-use store::{Answer, Claim, RequestContext, StoreError, StoredResponse};
+use store::{decide_claim, Answer, Claim, ClaimDecision, KeptKey, RequestContext, StoreError, StoredResponse};
 use time::OffsetDateTime;
 
-use crate::read::{error, format_time};
+use crate::read::{error, format_time, parse_time};
 
 type Row = (String, String, Option<String>, String, Option<u16>, Option<String>, Option<String>, Option<Vec<u8>>);
 
+/// Claims `key`: the kept row is read and [`store::decide_claim`] says what to do with it.
 pub(crate) fn claim(
     tx: &Transaction<'_>,
     key: &str,
@@ -37,11 +38,21 @@ pub(crate) fn claim(
             .optional()
         })
         .map_err(error)?;
-    let now_text = format_time(now);
+    let kept = match &row {
+        Some((fp, state, until, expires, ..)) => Some(KeptKey {
+            fingerprint: fp,
+            done: state == "done",
+            locked_until: until.as_deref().map(parse_time).transpose()?,
+            expires_at: parse_time(expires)?,
+        }),
+        None => None,
+    };
     let locked_until = format_time(now + lease);
-    match row {
-        Some((fp, _, _, expires, ..)) if expires > now_text && fp != fingerprint => Ok(Claim::Mismatch),
-        Some((_, state, _, expires, status, content_type, location, body)) if expires > now_text && state == "done" => {
+    match decide_claim(kept.as_ref(), fingerprint, now) {
+        ClaimDecision::Mismatch => Ok(Claim::Mismatch),
+        ClaimDecision::InUse => Ok(Claim::InUse),
+        ClaimDecision::Replay => {
+            let (_, _, _, _, status, content_type, location, body) = row.unwrap_or_default();
             Ok(Claim::Replay(StoredResponse {
                 status: status.unwrap_or(200),
                 content_type,
@@ -49,9 +60,7 @@ pub(crate) fn claim(
                 body: body.unwrap_or_default(),
             }))
         }
-        Some((_, _, Some(until), expires, ..)) if expires > now_text && until > now_text => Ok(Claim::InUse),
-        Some((_, _, _, expires, ..)) if expires > now_text => {
-            // A running claim whose lease ran out: its holder died. Take it over.
+        ClaimDecision::TakeOver => {
             tx.execute(
                 "UPDATE idempotency_keys SET locked_until = ?1, holder = ?3 WHERE key = ?2",
                 params![locked_until, key, holder],
@@ -59,7 +68,7 @@ pub(crate) fn claim(
             .map_err(error)?;
             Ok(Claim::Proceed)
         }
-        _ => {
+        ClaimDecision::Fresh => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
                  VALUES (?1, ?2, 'running', ?3, ?4, ?5)",

@@ -16,7 +16,10 @@ use lifecycle::{
 };
 use time::OffsetDateTime;
 
+pub use claim::{decide_claim, ClaimDecision, KeptKey};
 pub use lifecycle::CreateRequest;
+
+mod claim;
 
 #[cfg(feature = "contract")]
 pub mod contract;
