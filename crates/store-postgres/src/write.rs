@@ -8,8 +8,8 @@
 use std::future::Future;
 
 use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, Matching, OpenRecord,
-    OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, CustomerType, Matching,
+    OpenRecord, OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
 };
 use sqlx::{PgPool, Postgres, Transaction};
 use store::{events, Answer, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
@@ -144,14 +144,21 @@ pub(crate) async fn create(
     let key = request.match_key(matching);
     let mut tx = pool.begin().await?;
     let at = lock_key(&mut tx, key.expose()).await?;
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT id, record_type, owner_id FROM records
-         WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity')
-         ORDER BY seq DESC",
-    )
-    .bind(key.expose())
-    .fetch_all(&mut *tx)
-    .await?;
+    // ETB never reads or changes leads (SPEC §2.1): its snapshot is the open opportunity alone. Both queries
+    // keep the literal open statuses of the partial unique index, so that index serves them.
+    let sql = match request.customer_type {
+        CustomerType::Ntb => {
+            "SELECT id, record_type, owner_id FROM records
+             WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity')
+             ORDER BY seq DESC"
+        }
+        CustomerType::Etb => {
+            "SELECT id, record_type, owner_id FROM records
+             WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity') AND record_type = 'OPPORTUNITY'
+             ORDER BY seq DESC"
+        }
+    };
+    let rows: Vec<(String, String, String)> = sqlx::query_as(sql).bind(key.expose()).fetch_all(&mut *tx).await?;
     let mut open = Vec::with_capacity(rows.len());
     for (id, record_type, owner) in rows {
         open.push(OpenRecord {

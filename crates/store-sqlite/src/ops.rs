@@ -1,8 +1,8 @@
 //! The lifecycle operations as the writer runs them: read the snapshot, ask the rules, execute the plan.
 
 use lifecycle::{
-    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, OpenRecord, OwnerId,
-    Product, Reason, RecordType, Snapshot, Status, Target,
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, CustomerType, OpenRecord,
+    OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use store::{events, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
@@ -12,14 +12,27 @@ use crate::outbox;
 use crate::read::{error, format_time};
 use crate::writer::Settings;
 
-fn snapshot(tx: &Transaction<'_>, key: &str) -> Result<Snapshot, StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
+/// The query of a create's snapshot. ETB never reads or changes leads (SPEC §2.1), so it asks for the open
+/// opportunity alone; both keep the literal open statuses of the partial unique index, so that index serves
+/// them.
+pub(crate) fn snapshot_sql(customer_type: CustomerType) -> &'static str {
+    match customer_type {
+        CustomerType::Ntb => {
             "SELECT id, record_type, owner_id FROM records
              WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity')
-             ORDER BY seq DESC",
-        )
-        .map_err(error)?;
+             ORDER BY seq DESC"
+        }
+        CustomerType::Etb => {
+            "SELECT id, record_type, owner_id FROM records
+             WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity') AND record_type = 'OPPORTUNITY'
+             ORDER BY seq DESC"
+        }
+    }
+}
+
+/// The open records a create for `customer_type` sees (ETB: the opportunity alone).
+fn snapshot(tx: &Transaction<'_>, key: &str, customer_type: CustomerType) -> Result<Snapshot, StoreError> {
+    let mut stmt = tx.prepare_cached(snapshot_sql(customer_type)).map_err(error)?;
     let rows = stmt
         .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
         .map_err(error)?;
@@ -85,7 +98,7 @@ pub(crate) fn create(
     now: OffsetDateTime,
 ) -> Result<CreateOutcome, StoreError> {
     let key = request.match_key(settings.matching);
-    let snapshot = snapshot(tx, key.expose())?;
+    let snapshot = snapshot(tx, key.expose(), request.customer_type)?;
     let plan = plan_create(request.customer_type, &request.owner_id, &snapshot);
     let result = plan.result();
     match plan {
