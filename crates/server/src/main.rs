@@ -8,6 +8,12 @@ use integration_service::config::{Overrides, Settings, StoreUrl};
 use integration_service::startup::{pg_config, shutdown_signal, Application, Opened};
 use integration_service::telemetry;
 
+/// mimalloc instead of the C library's allocator: a request allocates and frees dozens of small blocks
+/// (headers, its id, its log line, futures), and under callgrind glibc's malloc and free were about a
+/// quarter of the instructions of a `GET /health/live`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "integration-service", version, about = "Keeps the CRM lead/opportunity lifecycle right")]
 struct Cli {

@@ -26,15 +26,31 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// How often the recorder folds the samples histograms collected into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The process-wide recorder, installed on first use (every application in the process shares it).
+///
+/// The exporter's histograms keep each recorded sample in a queue until they are folded into buckets,
+/// which it does on a scrape or on an upkeep call. A service nobody scrapes would keep every request's
+/// latency forever (memory growing with requests served), so a thread runs the upkeep every few seconds.
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .ok()?
                 .install_recorder()
-                .ok()
+                .ok()?;
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                })
+                .ok()?;
+            Some(handle)
         })
         .as_ref()
 }
@@ -44,10 +60,75 @@ pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
 }
 
+/// The methods a label may name; any other (clients may send any token) is counted as `OTHER`, so a
+/// client cannot grow the number of series.
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER"];
+
+fn method_label(method: &str) -> &'static str {
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("OTHER")
+}
+
+/// One request series: `http_requests_total` and `http_request_duration_seconds` for a method, route and
+/// status.
+struct HttpSeries {
+    total: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct SeriesKey {
+    method: &'static str,
+    route: Box<str>,
+    status: u16,
+}
+
+/// A borrowed [`SeriesKey`], to look one up without allocating (field order and types hash alike).
+#[derive(Hash)]
+struct SeriesRef<'a> {
+    method: &'static str,
+    route: &'a str,
+    status: u16,
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.method == key.method && self.route == &*key.route && self.status == key.status
+    }
+}
+
+thread_local! {
+    /// Each worker thread's handles of the series it has recorded. Registering a series builds its labels
+    /// and looks it up in the recorder's shared registry; doing that once per thread and series instead of
+    /// once per request took that cost off every request. Bounded: routes are the router's templates (or
+    /// `unmatched`), methods are [`METHODS`], statuses are three digits.
+    static HTTP_SERIES: std::cell::RefCell<hashbrown::HashMap<SeriesKey, HttpSeries>> =
+        std::cell::RefCell::new(hashbrown::HashMap::new());
+}
+
+/// Records one HTTP request: `route` is the matched route template (or `unmatched`), never a raw path.
 pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    let method = method_label(method);
+    let seconds = elapsed.as_secs_f64();
+    HTTP_SERIES.with(|cache| {
+        if let Some(series) = cache.borrow().get(&SeriesRef { method, route, status }) {
+            series.record(seconds);
+            return;
+        }
+        let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+        let series = HttpSeries {
+            total: metrics::counter!("http_requests_total", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+        };
+        series.record(seconds);
+        cache.borrow_mut().insert(SeriesKey { method, route: route.into(), status }, series);
+    });
+}
+
+impl HttpSeries {
+    fn record(&self, seconds: f64) {
+        self.total.increment(1);
+        self.duration.record(seconds);
+    }
 }
 
 pub fn lifecycle_outcome(operation: &'static str, result: &str, record_type: RecordType) {
@@ -155,5 +236,17 @@ impl Idempotency for Instrumented {
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         timed("idempotency_purge", self.0.purge_expired()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn methods_outside_the_known_set_share_one_label() {
+        assert_eq!(super::method_label("GET"), "GET");
+        assert_eq!(super::method_label("OPTIONS"), "OPTIONS");
+        assert_eq!(super::method_label("get"), "OTHER");
+        assert_eq!(super::method_label("BREW"), "OTHER");
+        assert_eq!(super::method_label(""), "OTHER");
     }
 }

@@ -106,10 +106,8 @@ async fn no_personal_value_reaches_the_logs() {
     let capture = Capture::default();
     let writer = capture.clone();
     tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true) // as the binary writes its lines
-        .with_current_span(true)
-        .with_span_list(true)
+        .fmt_fields(integration_service::telemetry::JsonFields) // as the binary writes its lines
+        .event_format(integration_service::telemetry::JsonLines)
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .init();

@@ -54,11 +54,11 @@ pub struct AppState {
 
 /// Bounds every request, body reading included, so a stalled client cannot hold a connection (or a
 /// shutdown) forever.
-async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(timeout_ms = state.request_timeout.as_millis() as u64, "request timed out");
+            tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
             ApiError::Timeout.into_response()
         }
     }
@@ -107,7 +107,8 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let limit = axum::middleware::from_fn_with_state(state.clone(), timeout);
+    // The timeout's state is only its duration: a layer on every request clones its state each time.
+    let limit = axum::middleware::from_fn_with_state(state.request_timeout, timeout);
     let api = Router::new()
         .route(&format!("{API_INT}/combo-create-lead-opportunity"), post(handlers::create))
         .route(&format!("{API_INT}/combo-update-lead-opportunity"), post(handlers::close_won))

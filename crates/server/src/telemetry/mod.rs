@@ -6,8 +6,13 @@
 //! system call of its own. Under load that was the largest cost of a request that does no I/O (the profile
 //! of `/health/live` showed the handler threads blocked in `writev` on stdout). Nothing is dropped: when
 //! the writer falls behind, requests wait for room (`lossy(false)`); the returned guard flushes what is
-//! buffered when the process ends.
+//! buffered when the process ends. The writer thread gathers the lines waiting for it in a buffer and
+//! writes them with one system call, flushing whenever no line is waiting, so a line is never held back
+//! while the service is quiet (stdout alone would make one `write` per line).
 
+mod json;
+
+pub use json::{JsonFields, JsonLines};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -21,10 +26,10 @@ pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
         .thread_name("log-writer")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let builder = fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => builder.fmt_fields(json::JsonFields).event_format(json::JsonLines).try_init(),
         LogFormat::Compact => builder.compact().try_init(),
     };
     guard
