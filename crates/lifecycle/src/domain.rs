@@ -181,19 +181,20 @@ personal!(
     }
 );
 personal!(
-    /// An e-mail address: `local@domain` with a dotted domain, at most 254 characters.
+    /// An e-mail address: `local@domain` with a dotted domain, at most 254 characters (64 before the `@`).
+    /// Lengths count characters, as every other rule does and as a JSON Schema `maxLength` can say.
     Email,
     1,
     |s: &str| {
         const MSG: &str = "must be an e-mail address";
-        if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.chars().count() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Invalid(MSG));
         }
         let Some((local, domain)) = s.rsplit_once('@') else {
             return Err(Invalid(MSG));
         };
         let labels_ok = domain.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
-        if local.is_empty() || local.len() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
+        if local.is_empty() || local.chars().count() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
             return Err(Invalid(MSG));
         }
         Ok(s.to_owned())

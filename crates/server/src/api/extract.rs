@@ -8,6 +8,7 @@ use axum::http::{header, request::Parts};
 use http_body_util::LengthLimitError;
 use serde_json::Value;
 
+use super::dto::RecordId;
 use super::error::ApiError;
 
 /// The largest request body (SPEC §2): 64 KiB.
@@ -74,8 +75,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// A path segment (a record id), whose rejection is a problem document like every other error.
-pub struct RecordIdPath(pub String);
+/// A record id in the path. One that breaks [`RecordId`]'s rule names no record, so it is a 404 like any
+/// unknown id; a path that cannot be read at all (bad percent-encoding) is a 400 problem document.
+pub struct RecordIdPath(pub RecordId);
 
 impl<S: Send + Sync> FromRequestParts<S> for RecordIdPath {
     type Rejection = ApiError;
@@ -84,12 +86,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RecordIdPath {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e: PathRejection| ApiError::BadPath(e.body_text()))?;
-        // Ids are 1-128 characters without control characters (as in request bodies); no record has any
-        // other id, and some backends refuse such text outright.
-        if id.chars().count() > 128 || id.chars().any(char::is_control) {
-            return Err(ApiError::NotFound("record"));
-        }
-        Ok(RecordIdPath(id))
+        RecordId::parse(&id).map(RecordIdPath).map_err(|_| ApiError::NotFound("record"))
     }
 }
 

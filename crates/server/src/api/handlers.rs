@@ -11,9 +11,13 @@ use store::{Answer, RequestContext};
 
 use super::answer::Write;
 use super::auth::Caller;
+use super::dto::schema::{
+    CloseLostLeadRequest, CloseLostOpportunityRequest, CloseWonRequest, CreateLeadOpportunityRequest, SearchRequest,
+};
 use super::dto::*;
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
+use super::responses::{BodyErrors, CrmErrors, ReadErrors, TransitionErrors};
 use super::{request_id, AppState};
 use crate::observability;
 
@@ -24,7 +28,7 @@ use crate::observability;
 pub struct IdempotencyKeyHeader {
     /// 1–255 printable ASCII characters. A repeat within the retention time (24 h by default) with the same
     /// method, path and body answers the first response again with `Idempotent-Replayed: true`.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    #[param(rename = "Idempotency-Key", pattern = r"^[\u0020-\u007e]{1,255}$")]
     idempotency_key: Option<String>,
 }
 
@@ -53,23 +57,17 @@ fn what(record_type: RecordType) -> &'static str {
 /// Create or reuse a Lead (NTB) or an Opportunity (ETB), handing over when the RM changes.
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", tag = "lifecycle",
-    request_body = CreateRequestDto,
+    request_body(content = CreateLeadOpportunityRequest, example = json!({
+        "customerType": "NTB",
+        "customer": {"idNumber": "079123456789", "cif": null, "fullName": "Nguyen Van A", "phone": "+84901234567",
+                     "email": "a@example.com"},
+        "product": "CREDIT_CARD", "ownerId": "RM001", "channel": "MOBILE_APP", "journeyId": "J-2026-000123"
+    })),
     params(IdempotencyKeyHeader),
-    security(("bearer" = [])),
     responses(
-        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 201, description = "CREATED or REPLACED", body = CreateResponse, headers(("Location" = String, description = "The new record"))),
         (status = 200, description = "EXISTING: an open record of the same RM", body = CreateResponse),
-        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "IDEMPOTENCY_KEY_IN_USE: the same key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "VALIDATION_FAILED (`errors` names every field; an `ownerId` the CRM does not know), IDEMPOTENCY_KEY_REUSED, or CRM_REJECTED (the CRM refused the data; `errors` names its code)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
-        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
+        BodyErrors, CrmErrors,
     )
 )]
 pub async fn create(
@@ -89,23 +87,11 @@ pub async fn create(
 /// Close Won a Lead (converting it into an Opportunity by default) or an Opportunity.
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", tag = "lifecycle",
-    request_body = CloseWonRequestDto,
+    request_body = CloseWonRequest,
     params(IdempotencyKeyHeader),
-    security(("bearer" = [])),
     responses(
-        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Won (or already was: same body as the first time)", body = CloseWonResponse),
-        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Lost; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule, or CRM_REJECTED (the CRM refused the change; `errors` names its code)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
-        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
+        BodyErrors, CrmErrors, TransitionErrors,
     )
 )]
 pub async fn close_won(
@@ -119,7 +105,7 @@ pub async fn close_won(
     let ctx = context(cmd.channel, cmd.reason, Write::CloseWon, claimed);
     let outcome = state
         .store
-        .close_won(cmd.record_type, &cmd.id, cmd.convert, &ctx)
+        .close_won(cmd.record_type, cmd.id.as_str(), cmd.convert, &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, what(cmd.record_type)))?;
     let converted = if outcome.lead.is_some() && outcome.opportunity.is_some() { "WON_CONVERTED" } else { "WON" };
@@ -130,23 +116,11 @@ pub async fn close_won(
 /// Close Lost an Opportunity (rejected by the credit bureau or AML checks).
 #[utoipa::path(
     post, path = "/integration-service/api/crm/v1/update-opportunity-status", tag = "lifecycle",
-    request_body = CloseLostOpportunityRequestDto,
+    request_body = CloseLostOpportunityRequest,
     params(IdempotencyKeyHeader),
-    security(("bearer" = [])),
     responses(
-        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Lost (or already was)", body = CloseLostOpportunityResponse),
-        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule (status must be Close Lost), or CRM_REJECTED", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
-        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
+        BodyErrors, CrmErrors, TransitionErrors,
     )
 )]
 pub async fn close_lost_opportunity(
@@ -161,23 +135,11 @@ pub async fn close_lost_opportunity(
 /// Close Lost a Lead (an NTB customer rejected by the credit bureau or AML checks).
 #[utoipa::path(
     post, path = "/integration-service/api/crm/v1/update-lead-status", tag = "lifecycle",
-    request_body = CloseLostLeadRequestDto,
+    request_body = CloseLostLeadRequest,
     params(IdempotencyKeyHeader),
-    security(("bearer" = [])),
     responses(
-        (status = 403, description = "FORBIDDEN: the API key belongs to another channel", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 200, description = "Close Lost (or already was)", body = CloseLostLeadResponse),
-        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION: the record is Close Won; or IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Breaks a rule (status must be Close Lost), or CRM_REJECTED", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable; nothing changed", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
-        (status = 502, description = "CRM_ERROR: the CRM (Salesforce) refused because of this service's configuration; nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "CRM_OUTCOME_UNKNOWN: the CRM did not confirm a write and reading back could not tell; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
+        BodyErrors, CrmErrors, TransitionErrors,
     )
 )]
 pub async fn close_lost_lead(
@@ -207,7 +169,7 @@ async fn close_lost(
     let ctx = context(cmd.channel, cmd.reason, write, claimed);
     let r = state
         .store
-        .close_lost(record_type, &cmd.id, &ctx)
+        .close_lost(record_type, cmd.id.as_str(), &ctx)
         .await
         .map_err(|e| ApiError::from_store(e, what(record_type)))?;
     observability::lifecycle_outcome("close_lost", "LOST", record_type);
@@ -222,62 +184,35 @@ async fn get_record(state: &AppState, record_type: RecordType, id: &str) -> Resu
 /// A lead with its history, oldest first.
 #[utoipa::path(
     get, path = "/integration-service/int/api/crm/v1/leads/{id}", tag = "reading",
-    params(("id" = String, Path, description = "The lead's id")),
-    security(("bearer" = [])),
-    responses(
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
-        (status = 200, description = "The lead", body = RecordDto),
-        (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
-    )
+    params(("id" = super::dto::schema::RecordId, Path, description = "The lead's id")),
+    responses((status = 200, description = "The lead", body = RecordDto), ReadErrors)
 )]
 pub async fn get_lead(
     State(state): State<AppState>,
     RecordIdPath(id): RecordIdPath,
 ) -> Result<Json<RecordDto>, ApiError> {
-    get_record(&state, RecordType::Lead, &id).await
+    get_record(&state, RecordType::Lead, id.as_str()).await
 }
 
 /// An opportunity with its history, oldest first.
 #[utoipa::path(
     get, path = "/integration-service/int/api/crm/v1/opportunities/{id}", tag = "reading",
-    params(("id" = String, Path, description = "The opportunity's id")),
-    security(("bearer" = [])),
-    responses(
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
-        (status = 200, description = "The opportunity", body = RecordDto),
-        (status = 400, description = "The path cannot be read", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
-    )
+    params(("id" = super::dto::schema::RecordId, Path, description = "The opportunity's id")),
+    responses((status = 200, description = "The opportunity", body = RecordDto), ReadErrors)
 )]
 pub async fn get_opportunity(
     State(state): State<AppState>,
     RecordIdPath(id): RecordIdPath,
 ) -> Result<Json<RecordDto>, ApiError> {
-    get_record(&state, RecordType::Opportunity, &id).await
+    get_record(&state, RecordType::Opportunity, id.as_str()).await
 }
 
 /// Every record of a customer (and product), newest first, without history.
 #[utoipa::path(
     post, path = "/integration-service/int/api/crm/v1/search", tag = "reading",
-    request_body = SearchRequestDto,
+    request_body = SearchRequest,
     params(IdempotencyKeyHeader),
-    security(("bearer" = [])),
-    responses(
-        (status = 401, description = "UNAUTHENTICATED: missing or unknown API key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
-        (status = 200, description = "Matching records", body = SearchResponse),
-        (status = 400, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "IDEMPOTENCY_KEY_IN_USE", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "VALIDATION_FAILED or IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
-        (status = 500, description = "A bug; details only in the log", body = Problem, content_type = "application/problem+json"),
-    )
+    responses((status = 200, description = "Matching records", body = SearchResponse), BodyErrors)
 )]
 pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<SearchResponse>, ApiError> {
     let (id_number, product) = parse_search(&body)?;

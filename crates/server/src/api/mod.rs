@@ -1,5 +1,6 @@
 //! The HTTP layer: routes at the exact paths of SPEC §2–3 (two with `/int/`, two without), the middleware
-//! stack, and the OpenAPI 3.1 document generated from the handlers' annotations.
+//! stack, and the OpenAPI 3.1 document generated from the handlers' annotations, as the configuration
+//! serves it (see [`openapi`]).
 
 pub mod answer;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod handlers;
 pub mod idempotency;
 pub mod overload;
 pub mod request_id;
+pub mod responses;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -76,28 +78,69 @@ async fn timeout(State(limit): State<Duration>, request: Request, next: Next) ->
         handlers::get_lead, handlers::get_opportunity, handlers::search, handlers::live, handlers::ready,
         handlers::metrics,
     ),
-    modifiers(&BearerScheme),
     tags(
-        (name = "lifecycle", description = "The four operations channels call"),
+        (name = "lifecycle", description = "The four operations channels call, in the order of a journey"),
         (name = "reading", description = "Records and their history"),
         (name = "operations", description = "Health"),
     )
 )]
 pub struct ApiDoc;
 
-/// Declares the `bearer` security scheme: the channel's API key (SPEC §4).
-struct BearerScheme;
+/// The document as the service runs: with API keys configured, every operation under `/integration-service`
+/// requires the `bearer` scheme and may answer 401 (and the four lifecycle operations 403, for a key of
+/// another channel); open, it declares no security at all. With a rate limit, those operations may answer 429.
+pub fn openapi(api_keys: bool, rate_limited: bool) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
+    let mut doc = ApiDoc::openapi();
+    if api_keys {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .description(Some("The channel's API key (integration-service generate-key)"))
             .build();
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/integration-service/") {
+            continue;
+        }
+        for op in [item.get.as_mut(), item.post.as_mut()].into_iter().flatten() {
+            let answers = &mut op.responses.responses;
+            if api_keys {
+                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+                answers.insert(
+                    "401".into(),
+                    problem("UNAUTHENTICATED: missing or unknown API key", Some("WWW-Authenticate")),
+                );
+                if op.tags.iter().flatten().any(|t| t == "lifecycle") {
+                    answers.insert(
+                        "403".into(),
+                        problem("FORBIDDEN: the API key belongs to another channel than `channel`", None),
+                    );
+                }
+            }
+            if rate_limited {
+                answers
+                    .insert("429".into(), problem("RATE_LIMITED: the channel is over its rate", Some("Retry-After")));
+            }
+        }
+    }
+    doc
+}
+
+/// A problem+json answer, with the header it carries if any.
+fn problem(description: &str, header: Option<&str>) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder, Type};
+
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    let mut response = ResponseBuilder::new().description(description).content("application/problem+json", content);
+    if let Some(name) = header {
+        response = response.header(
+            name,
+            HeaderBuilder::new().schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String)).build(),
+        );
+    }
+    response.build().into()
 }
 
 fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
@@ -127,7 +170,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))
         .with_state(state.clone());
-    let docs = SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
+    let document = openapi(!state.api_keys.is_empty(), state.rate_limit.is_some());
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", document);
     Router::new()
         .merge(api)
         .merge(operations)

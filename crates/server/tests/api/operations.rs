@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use integration_service::api::auth::{ApiKey, ApiKeys};
+use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -48,9 +49,14 @@ async fn openapi_document_covers_every_operation_and_error() {
         "Problem",
         "FieldError",
         "CreateLeadOpportunityRequest",
-        "Customer",
+        "NtbCreateRequest",
+        "EtbCreateRequest",
+        "NtbCustomer",
+        "EtbCustomer",
         "CreateResponse",
         "CloseWonRequest",
+        "CloseWonLeadRequest",
+        "CloseWonOpportunityRequest",
         "CloseWonResponse",
         "CloseLostOpportunityRequest",
         "CloseLostLeadRequest",
@@ -69,9 +75,72 @@ async fn openapi_document_covers_every_operation_and_error() {
     assert!(doc["paths"][CREATE]["post"]["responses"]["201"]["headers"]["Location"].is_object());
     assert!(doc["paths"][CREATE]["post"]["responses"]["503"]["headers"]["Retry-After"].is_object());
     assert!(doc["paths"][CREATE]["post"]["responses"]["500"].is_object());
-    let required = schemas["CreateLeadOpportunityRequest"]["required"].as_array().unwrap();
-    for f in ["customerType", "customer", "product", "ownerId", "channel"] {
-        assert!(required.contains(&Value::from(f)), "{f} required");
+    // The rules that span fields are the schema's too: ETB requires `cif`; close-won names one record.
+    let branches = |name: &str| -> Vec<Value> {
+        schemas[name]["oneOf"].as_array().unwrap_or_else(|| panic!("{name} is a oneOf")).to_vec()
+    };
+    assert_eq!(
+        branches("CreateLeadOpportunityRequest"),
+        [
+            json!({"$ref": "#/components/schemas/NtbCreateRequest"}),
+            json!({"$ref": "#/components/schemas/EtbCreateRequest"})
+        ]
+    );
+    assert_eq!(branches("CloseWonRequest").len(), 2);
+    let etb_customer = &schemas["EtbCustomer"]["allOf"][1];
+    assert_eq!(etb_customer["required"], json!(["cif"]));
+    let journey = schemas["Journey"]["required"].as_array().unwrap();
+    for f in ["product", "ownerId", "channel"] {
+        assert!(journey.contains(&Value::from(f)), "{f} required");
+    }
+    // Every string rule the parsers enforce is a pattern.
+    for name in [
+        "IdNumber",
+        "Cif",
+        "FullName",
+        "Phone",
+        "Email",
+        "Product",
+        "OwnerId",
+        "Channel",
+        "JourneyId",
+        "Reason",
+        "RecordId",
+    ] {
+        assert!(schemas[name]["pattern"].is_string(), "{name} has a pattern");
+    }
+}
+
+/// The four operations in the order of a journey, then the reads, then operations.
+#[tokio::test]
+async fn openapi_document_lists_the_journey_in_order() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(paths[..4], [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD], "{paths:?}");
+}
+
+/// Open, the document declares no security; with API keys, the `bearer` scheme on every API operation,
+/// 401 on each, and 403 on the four the key's channel must match.
+#[tokio::test]
+async fn openapi_document_declares_security_only_with_api_keys() {
+    let open = spawn_app().await;
+    let doc: Value = open.get("/openapi.json").await.json().await.unwrap();
+    let text = doc.to_string();
+    assert!(!text.contains("securitySchemes") && !text.contains("\"security\"") && !text.contains("\"401\""), "{text}");
+
+    let (_, entry) = ApiKey::generate(&lifecycle::Channel::parse("MOBILE_APP").unwrap()).unwrap();
+    let keyed = spawn_app_with(move |s| s.api_keys = ApiKeys(vec![entry])).await;
+    let doc: Value = keyed.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let api = path.starts_with("/integration-service/");
+            assert_eq!(op["security"].is_array(), api, "{method} {path}");
+            assert_eq!(op["responses"]["401"].is_object(), api, "{method} {path}");
+            let lifecycle = [CREATE, CLOSE_WON, LOST_OPP, LOST_LEAD].contains(&path.as_str());
+            assert_eq!(op["responses"]["403"].is_object(), lifecycle, "{method} {path}");
+        }
     }
 }
 

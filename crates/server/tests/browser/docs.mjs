@@ -1,4 +1,4 @@
-// Loads the service's /docs page in headless Chromium, checks the four operations are listed, tries the
+// Loads the service's /docs page in headless Chromium, lists the operations in the order shown, tries the
 // create operation with its example body, and prints what it saw as one JSON line for the Rust test.
 // Usage: node docs.mjs http://127.0.0.1:PORT   (CHROMIUM overrides /usr/bin/chromium)
 import { chromium } from 'playwright-core';
