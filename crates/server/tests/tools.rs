@@ -114,8 +114,8 @@ async fn a_python_client_generates_from_the_document_without_warning_and_imports
 /// Generated cases each embedded-store run must reach, per mode.
 const MIN_CASES: u64 = 5_000;
 /// What `--max-examples` makes of it: the fuzzing phase draws up to that many per operation, and the coverage
-/// and stateful phases add their own. Measured: about 5 500 cases in all.
-const MAX_EXAMPLES: &str = "650";
+/// and stateful phases add their own. Measured at 650: 5 037 cases open and 5 206 keyed, so 720 leaves a margin.
+const MAX_EXAMPLES: &str = "720";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_with_every_check_finds_nothing_with_api_keys_on_sqlite() {
