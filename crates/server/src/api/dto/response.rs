@@ -96,6 +96,7 @@ pub struct CloseLostLeadResponse {
 
 /// One status change.
 #[derive(Serialize, ToSchema)]
+#[schema(as = History)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryDto {
     /// `null` at creation.
