@@ -4,13 +4,15 @@
 //! `A-Z a-z 0-9 . _ : -`), else a new UUID. The id is held in a task-local for the request's lifetime, so
 //! problem documents, history rows and every log line of the request (through its span) carry the same id.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
+
+use super::error::ApiError;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -40,7 +42,10 @@ fn valid(id: &str) -> bool {
 
 /// Middleware: assigns the id, opens the request's span (matched route, never the raw path, which may
 /// carry a record id), logs one line when the response is ready, and echoes the id.
-pub async fn layer(mut request: Request, next: Next) -> Response {
+///
+/// It also bounds the whole request, body reading included, by `limit` (408 beyond it), so a stalled
+/// client cannot hold a connection (or a shutdown) forever.
+pub async fn layer(State(limit): State<Duration>, mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -50,11 +55,13 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(new_id);
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route_str = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // `&str` fields, not `%` (Display) ones: a formatter records a string directly, a Display value
+    // through the formatting machinery.
     let span = tracing::info_span!(
         "request",
-        request_id = %id,
-        method = %request.method(),
-        route = %route_str,
+        request_id = id.as_str(),
+        method = request.method().as_str(),
+        route = route_str,
         channel = tracing::field::Empty
     );
     let channel = ChannelSlot::default();
@@ -68,7 +75,16 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         status: None,
     };
     let header = HeaderValue::from_str(&id).ok();
-    let mut response = scope(id, next.run(request).instrument(span)).await;
+    let run = async move {
+        match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+                ApiError::Timeout.into_response()
+            }
+        }
+    };
+    let mut response = scope(id, run.instrument(span)).await;
     line.status = Some(response.status().as_u16());
     if let Some(h) = header {
         response.headers_mut().insert(X_REQUEST_ID.clone(), h);
@@ -112,10 +128,26 @@ impl Drop for RequestLine {
         let (id, method, channel) = (&self.id, self.method.as_str(), self.channel.0.get().map_or("", String::as_str));
         match self.status {
             Some(_) => {
-                tracing::info!(request_id = %id, method, route, channel, status, latency_ms, "request completed")
+                tracing::info!(
+                    request_id = id.as_str(),
+                    method,
+                    route,
+                    channel,
+                    status,
+                    latency_ms,
+                    "request completed"
+                )
             }
             None => {
-                tracing::info!(request_id = %id, method, route, channel, status, latency_ms, "request cancelled by the client")
+                tracing::info!(
+                    request_id = id.as_str(),
+                    method,
+                    route,
+                    channel,
+                    status,
+                    latency_ms,
+                    "request cancelled by the client"
+                )
             }
         }
     }
