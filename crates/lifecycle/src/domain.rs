@@ -147,13 +147,16 @@ macro_rules! personal {
 
 personal!(
     /// The customer's national ID or passport number: 1–32 of `A-Z a-z 0-9 -`. Part of the matching key.
+    ///
+    /// Letters are compared without regard to case (`b1234567` and `B1234567` are one passport), so the
+    /// value is upper-cased here, once, and every store sees that one form.
     IdNumber,
     2,
     |s: &str| {
         if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(Invalid("must be 1-32 characters of A-Z, a-z, 0-9 and -"));
         }
-        Ok(s.to_owned())
+        Ok(s.to_ascii_uppercase())
     }
 );
 personal!(
@@ -385,7 +388,7 @@ mod tests {
 
     #[test]
     fn id_number_rules() {
-        assert!(IdNumber::parse("AB-123-cd").is_ok());
+        assert_eq!(IdNumber::parse("AB-123-cd").unwrap().expose(), "AB-123-CD", "upper-cased, once, here");
         assert!(IdNumber::parse(&"9".repeat(32)).is_ok());
         for bad in ["", " 1", "12 3", "12/3", "１２３", &"9".repeat(33)] {
             assert!(IdNumber::parse(bad).is_err(), "{bad:?} accepted");

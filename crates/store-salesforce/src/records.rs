@@ -93,7 +93,10 @@ pub(crate) fn is_of(
 ) -> bool {
     let f = &config.fields;
     let field = |name: &str| record.get(name).and_then(Value::as_str);
-    field(&f.id_number) == Some(id_number.expose()) && product.is_none_or(|p| field(&f.product) == Some(p.as_str()))
+    // Stored id numbers are compared without regard to case: the service writes them upper-cased, but a
+    // record made by hand in the org may hold `b1234567` (SOQL's `=` already matches it case-insensitively).
+    field(&f.id_number).is_some_and(|v| v.eq_ignore_ascii_case(id_number.expose()))
+        && product.is_none_or(|p| field(&f.product) == Some(p.as_str()))
 }
 
 /// The product a matching read filters on: none when matching by id number alone.

@@ -1,5 +1,5 @@
 //! What any input can do to the queries and the matching: request values with SOQL's and the composite
-//! API's special characters, ids in either of Salesforce's two forms, and keys that differ only in case.
+//! API's special characters, ids in either of Salesforce's two forms, and id numbers that differ only in case.
 
 mod support;
 
@@ -39,21 +39,35 @@ async fn a_composite_reference_in_a_request_value_is_only_text() {
     assert!(env.org.records("Lead").iter().all(|l| l["IdNumber__c"] != "REF2"));
 }
 
-/// SOQL compares text without regard to case; the matching key (and its lock) does not. Keys that differ
-/// only in case are different customers or products, as on the SQL backends.
+/// `idNumber` is compared without regard to case (the service upper-cases it at the edge, and SOQL's `=`
+/// ignores case too), so `ab12` and `AB12` are one customer, a lead made by hand in lower case included. A
+/// product that differs only in case is still another product, as on the SQL backends.
 #[tokio::test]
-async fn keys_that_differ_only_in_case_are_different_keys() {
+async fn id_numbers_match_whatever_their_case_products_do_not() {
     let env = support::env().await;
     let upper = env.store.create(&request(CustomerType::Ntb, "AB12", "CARD", "RM001"), &ctx("r1")).await.unwrap();
-    let lower = env.store.create(&request(CustomerType::Ntb, "ab12", "CARD", "RM002"), &ctx("r2")).await.unwrap();
-    assert_eq!(lower.result, CreateResult::Created, "{lower:?}");
+    assert_eq!(env.org.record("Lead", &upper.id).unwrap()["IdNumber__c"], "AB12");
+    let lower = env.store.create(&request(CustomerType::Ntb, "ab12", "CARD", "RM001"), &ctx("r2")).await.unwrap();
+    assert_eq!((lower.result, lower.id.as_str()), (CreateResult::Existing, upper.id.as_str()), "{lower:?}");
     let product = env.store.create(&request(CustomerType::Ntb, "AB12", "Card", "RM002"), &ctx("r3")).await.unwrap();
     assert_eq!(product.result, CreateResult::Created, "{product:?}");
     assert_eq!(env.org.record("Lead", &upper.id).unwrap()["Status"], "Open - Not Contacted", "left open");
-    let search = env.store.search(&IdNumber::parse("ab12").unwrap(), None).await.unwrap();
-    assert_eq!(search.leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![lower.id.as_str()]);
-    let search = env.store.search(&IdNumber::parse("AB12").unwrap(), Some(&Product::parse("CARD").unwrap())).await;
-    assert_eq!(search.unwrap().leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![upper.id.as_str()]);
+    for asked in ["ab12", "AB12"] {
+        let search = env.store.search(&IdNumber::parse(asked).unwrap(), Some(&Product::parse("CARD").unwrap())).await;
+        assert_eq!(search.unwrap().leads.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec![upper.id.as_str()]);
+    }
+    // Made by hand in the org, in lower case: found by the upper-cased request, and replaced like any other.
+    let rm9 = env.org.add_user("RM9", true);
+    let by_hand = env.org.insert(
+        "Lead",
+        json!({"LastName": "Tran", "Company": "Tran", "OwnerId": rm9, "IdNumber__c": "cd34", "Product__c": "CARD"}),
+    );
+    let found = env.store.create(&request(CustomerType::Ntb, "CD34", "CARD", "RM9"), &ctx("r4")).await.unwrap();
+    assert_eq!((found.result, found.id.as_str()), (CreateResult::Existing, by_hand.as_str()));
+    let replaced = env.store.create(&request(CustomerType::Ntb, "cd34", "CARD", "RM001"), &ctx("r5")).await.unwrap();
+    assert_eq!(replaced.closed_record_ids, vec![by_hand.clone()]);
+    // It keeps the case it was made with; the service does not rewrite records it did not make.
+    assert_eq!(env.org.record("Lead", &by_hand).unwrap()["IdNumber__c"], "cd34");
 }
 
 /// A 15-character id names the same record as its 18-character form: same history, same key and lock.

@@ -86,3 +86,78 @@ fn matching_cannot_change_under_an_existing_store() {
         Ok(_) => panic!("opened with a different matching mode"),
     }
 }
+
+/// Migration 0007: id numbers written before the service upper-cased them are brought into that form, and
+/// two open records of one type whose keys then collide are merged (the older closed), never left failing.
+#[tokio::test]
+async fn id_numbers_are_upper_cased_and_colliding_open_records_merged() {
+    use lifecycle::{CreateResult, CustomerType, IdNumber, Product, RecordType};
+    use store::contract::{ctx, request};
+    use store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let index = store_sqlite::MIGRATIONS.iter().position(|(name, _)| *name == "0007_id_number_case").unwrap();
+    {
+        // A store as the release before wrote it.
+        let conn = Connection::open(&path).unwrap();
+        for (_, sql) in &store_sqlite::MIGRATIONS[..index] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", index as i64).unwrap();
+        let row = |id: &str, record_type: &str, status: &str, id_number: &str, product: &str, owner: &str| {
+            conn.execute(
+                "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number,
+                     product, channel, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4 || '/' || ?5, ?6, 'NTB', ?4, ?5, 'C', '2026-01-01T00:00:00.000000Z',
+                     '2026-01-01T00:00:00.000000Z')",
+                [id, record_type, status, id_number, product, owner],
+            )
+            .unwrap();
+        };
+        row("old", "LEAD", "New Lead", "b1234567", "CARD", "RM1");
+        row("new", "LEAD", "New Lead", "B1234567", "CARD", "RM2");
+        row("won", "LEAD", "Close Won", "b1234567", "CARD", "RM1");
+        row("opp", "OPPORTUNITY", "New Opportunity", "b1234567", "LOAN", "RM1");
+        conn.execute(
+            "INSERT INTO audit (record_id, record_type, match_key, to_status, at, request_id, channel)
+             VALUES ('sf1', 'LEAD', 'x9/Card', 'New Lead', '2026-01-01T00:00:00.000000Z', 'r', 'C')",
+            [],
+        )
+        .unwrap();
+    }
+    assert_eq!(migrate(&path).unwrap(), store_sqlite::MIGRATIONS.len() - index);
+    let conn = Connection::open(&path).unwrap();
+    let keys: Vec<(String, String, String)> = conn
+        .prepare("SELECT id, id_number, match_key FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (id, id_number, key) in &keys {
+        assert_eq!(id_number, "B1234567", "{id}");
+        assert!(key.starts_with("B1234567/"), "{id}: {key}");
+    }
+    let audit: String = conn.query_row("SELECT match_key FROM audit", [], |r| r.get(0)).unwrap();
+    assert_eq!(audit, "X9/Card", "the id part only; the product keeps its case");
+
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let old = store.get(RecordType::Lead, "old").await.unwrap().unwrap();
+    assert_eq!(old.record.status.as_str(), "Close Lost", "the older of the colliding open leads");
+    let merged = old.history.last().unwrap();
+    assert_eq!(
+        (merged.request_id.as_str(), merged.reason.as_ref().map(|r| r.as_str())),
+        ("migration-0007", Some("ID_NUMBER_CASE_MERGED"))
+    );
+    assert_eq!(store.get(RecordType::Lead, "new").await.unwrap().unwrap().record.status.as_str(), "New Lead");
+    assert_eq!(store.get(RecordType::Lead, "won").await.unwrap().unwrap().record.status.as_str(), "Close Won");
+    // The keys work as the service now forms them, whatever case a request uses.
+    let found = store.create(&request(CustomerType::Ntb, "b1234567", "CARD", "RM2"), &ctx("r1")).await.unwrap();
+    assert_eq!((found.result, found.id.as_str()), (CreateResult::Existing, "new"));
+    let opp = store.create(&request(CustomerType::Etb, "B1234567", "LOAN", "RM1"), &ctx("r2")).await.unwrap();
+    assert_eq!((opp.result, opp.id.as_str()), (CreateResult::Existing, "opp"));
+    let all = store.search(&IdNumber::parse("b1234567").unwrap(), Some(&Product::parse("CARD").unwrap())).await;
+    assert_eq!(all.unwrap().leads.len(), 3);
+    store.shutdown();
+}

@@ -40,6 +40,25 @@ both_backends! {
         assert_eq!(old["history"][1]["reason"], "OWNER_CHANGED");
     }
 
+    async fn id_numbers_differing_only_by_case_are_one_customer(app: TestApp) {
+        let (status, first) = app.create(&ntb("b1234567", "CARD", "RM001")).await;
+        assert_eq!(status, 201);
+        let (status, again) = app.create(&ntb("B1234567", "CARD", "RM001")).await;
+        assert_eq!((status.as_u16(), &again["result"], &again["id"]), (200, &json!("EXISTING"), &first["id"]));
+        let (status, opp) = app.create(&etb("B1234567", "LOAN", "RM001")).await;
+        assert_eq!(status, 201);
+        let (status, opp_again) = app.create(&etb("b1234567", "LOAN", "RM001")).await;
+        assert_eq!((status.as_u16(), &opp_again["id"]), (200, &opp["id"]));
+        // Kept (and answered) in the one upper-case form; found whichever case the search uses.
+        let lead = app.record("leads", first["id"].as_str().unwrap()).await;
+        assert_eq!(lead["idNumber"], "B1234567", "{lead}");
+        for asked in ["b1234567", "B1234567"] {
+            let found = app.search(asked).await;
+            assert_eq!(found["leads"].as_array().unwrap().len(), 1, "{asked}: {found}");
+            assert_eq!(found["opportunities"].as_array().unwrap().len(), 1, "{asked}: {found}");
+        }
+    }
+
     async fn etb_rows_never_touch_leads(app: TestApp) {
         let (_, lead) = app.create(&ntb("X1", "LOAN", "RM001")).await;
         let (status, e3) = app.create(&etb("X1", "LOAN", "RM001")).await;
