@@ -166,7 +166,7 @@ pub struct Overrides {
     /// sqlite://PATH, postgres://… or salesforce [default: sqlite://./data/crm.db]
     #[arg(long, env = "CRM_STORE", value_name = "URL")]
     pub store: Option<String>,
-    /// TOML file with further settings (listen, store, matching, log_format, log_filter, sqlite_max_batch)
+    /// TOML file with the settings (each of its keys can also be set by a variable or a flag)
     #[arg(long, env = "CRM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// API keys as CHANNEL:SHA256 entries separated by commas (see `generate-key`); replaces the file's
@@ -184,6 +184,107 @@ pub struct Overrides {
     /// Most connections open at once; beyond, new ones are refused [default: 1024]
     #[arg(long, env = "CRM_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Matching key: id_number_and_product or id_number [default: id_number_and_product]
+    #[arg(long, env = "CRM_MATCHING", value_name = "MODE")]
+    pub matching: Option<String>,
+    /// Log filter, in RUST_LOG's syntax (RUST_LOG itself beats it) [default: info]
+    #[arg(long, env = "CRM_LOG_FILTER", value_name = "FILTER")]
+    pub log_filter: Option<String>,
+    /// Most write jobs the embedded store commits in one transaction [default: 256]
+    #[arg(long, env = "CRM_SQLITE_MAX_BATCH", value_name = "N")]
+    pub sqlite_max_batch: Option<usize>,
+    /// PostgreSQL connections per replica [default: 16]
+    #[arg(long, env = "CRM_POSTGRES_MAX_CONNECTIONS", value_name = "N")]
+    pub postgres_max_connections: Option<u32>,
+    /// Longest wait for a PostgreSQL connection before a 503, in milliseconds [default: 3000]
+    #[arg(long, env = "CRM_POSTGRES_ACQUIRE_TIMEOUT_MS", value_name = "MS")]
+    pub postgres_acquire_timeout_ms: Option<u64>,
+    /// Longest a request may take before a 408, in milliseconds [default: 30000]
+    #[arg(long, env = "CRM_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// After SIGTERM, how long requests in flight may take, in milliseconds [default: 30000]
+    #[arg(long, env = "CRM_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// How long an Idempotency-Key and its response are kept, in seconds [default: 86400]
+    #[arg(long, env = "CRM_IDEMPOTENCY_TTL_SECS", value_name = "SECS")]
+    pub idempotency_ttl_secs: Option<u64>,
+    /// Requests in flight at most; beyond, 503 OVERLOADED [default: 1024]
+    #[arg(long, env = "CRM_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Requests per second per channel [default: unlimited]
+    #[arg(long, env = "CRM_RATE_LIMIT_PER_SECOND", value_name = "N")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Burst per channel above the rate [default: the rate]
+    #[arg(long, env = "CRM_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
+}
+
+/// The `[salesforce]` keys from `CRM_SALESFORCE_*` variables (nested ones joined with `_`:
+/// `CRM_SALESFORCE_FIELDS_ID_NUMBER` is `fields.id_number`), over the file's. Whether any was set.
+fn salesforce_from_env(
+    section: &mut SalesforceSection,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<bool, ConfigError> {
+    let mut any = false;
+    macro_rules! text {
+        ($($field:expr => $name:literal),* $(,)?) => {$(
+            if let Some(v) = var($name) {
+                $field = Some(v);
+                any = true;
+            }
+        )*};
+    }
+    macro_rules! number {
+        ($($field:expr => $name:literal),* $(,)?) => {$(
+            if let Some(v) = var($name) {
+                $field = Some(v.trim().parse().map_err(|e| bad($name, format!("{v:?}: {e}")))?);
+                any = true;
+            }
+        )*};
+    }
+    let s = section;
+    text! {
+        s.instance_url => "CRM_SALESFORCE_INSTANCE_URL",
+        s.token_url => "CRM_SALESFORCE_TOKEN_URL",
+        s.api_version => "CRM_SALESFORCE_API_VERSION",
+        s.auth => "CRM_SALESFORCE_AUTH",
+        s.client_id => "CRM_SALESFORCE_CLIENT_ID",
+        s.username => "CRM_SALESFORCE_USERNAME",
+        s.audience => "CRM_SALESFORCE_AUDIENCE",
+        s.local_store => "CRM_SALESFORCE_LOCAL_STORE",
+        s.owner_user_field => "CRM_SALESFORCE_OWNER_USER_FIELD",
+        s.fields.id_number => "CRM_SALESFORCE_FIELDS_ID_NUMBER",
+        s.fields.cif => "CRM_SALESFORCE_FIELDS_CIF",
+        s.fields.product => "CRM_SALESFORCE_FIELDS_PRODUCT",
+        s.fields.customer_type => "CRM_SALESFORCE_FIELDS_CUSTOMER_TYPE",
+        s.fields.channel => "CRM_SALESFORCE_FIELDS_CHANNEL",
+        s.fields.journey_id => "CRM_SALESFORCE_FIELDS_JOURNEY_ID",
+        s.fields.open_key => "CRM_SALESFORCE_FIELDS_OPEN_KEY",
+        s.lead_status.open => "CRM_SALESFORCE_LEAD_STATUS_OPEN",
+        s.lead_status.lost => "CRM_SALESFORCE_LEAD_STATUS_LOST",
+        s.lead_status.converted => "CRM_SALESFORCE_LEAD_STATUS_CONVERTED",
+        s.opportunity_stage.open => "CRM_SALESFORCE_OPPORTUNITY_STAGE_OPEN",
+        s.opportunity_stage.won => "CRM_SALESFORCE_OPPORTUNITY_STAGE_WON",
+        s.opportunity_stage.lost => "CRM_SALESFORCE_OPPORTUNITY_STAGE_LOST",
+    }
+    for (field, name) in [
+        (&mut s.client_secret_file, "CRM_SALESFORCE_CLIENT_SECRET_FILE"),
+        (&mut s.private_key_file, "CRM_SALESFORCE_PRIVATE_KEY_FILE"),
+    ] {
+        if let Some(v) = var(name) {
+            *field = Some(PathBuf::from(v));
+            any = true;
+        }
+    }
+    number! {
+        s.close_date_days => "CRM_SALESFORCE_CLOSE_DATE_DAYS",
+        s.timeout_ms => "CRM_SALESFORCE_TIMEOUT_MS",
+        s.max_attempts => "CRM_SALESFORCE_MAX_ATTEMPTS",
+        s.owner_cache_secs => "CRM_SALESFORCE_OWNER_CACHE_SECS",
+        s.breaker_failures => "CRM_SALESFORCE_BREAKER_FAILURES",
+        s.breaker_cooldown_secs => "CRM_SALESFORCE_BREAKER_COOLDOWN_SECS",
+    }
+    Ok(any)
 }
 
 /// A setting that stops start-up. Its `Display` is the one line the operator sees.
@@ -211,6 +312,7 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let section_in_file = file.salesforce.is_some();
         let mut s = Settings::default();
         if let Some(v) = overrides.listen.as_ref().or(file.listen.as_ref()) {
             s.listen = v.parse().map_err(|e| bad("listen (--listen, CRM_LISTEN)", format!("{v:?}: {e}")))?;
@@ -218,8 +320,8 @@ impl Settings {
         if let Some(v) = overrides.store.as_ref().or(file.store.as_ref()) {
             s.store = StoreUrl::parse(v).map_err(|e| bad("store (--store, CRM_STORE)", e))?;
         }
-        if let Some(v) = &file.matching {
-            s.matching = Matching::parse(v).map_err(|e| bad("matching", e))?;
+        if let Some(v) = overrides.matching.as_ref().or(file.matching.as_ref()) {
+            s.matching = Matching::parse(v).map_err(|e| bad("matching (--matching, CRM_MATCHING)", e))?;
         }
         if let Some(v) = &overrides.log_format {
             s.log_format = match v.as_str() {
@@ -235,25 +337,37 @@ impl Settings {
         } else if let Some(v) = file.log_format {
             s.log_format = v;
         }
-        if let Some(v) = file.log_filter {
-            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("log_filter", e))?;
+        if let Some(v) = overrides.log_filter.clone().or(file.log_filter) {
+            tracing_subscriber::EnvFilter::try_new(&v)
+                .map_err(|e| bad("log_filter (--log-filter, CRM_LOG_FILTER)", e))?;
             s.log_filter = v;
         }
-        if let Some(v) = file.sqlite_max_batch {
+        if let Some(v) = overrides.sqlite_max_batch.or(file.sqlite_max_batch) {
             if v == 0 || v > 10_000 {
-                return Err(bad("sqlite_max_batch", "must be 1-10000"));
+                return Err(bad("sqlite_max_batch (--sqlite-max-batch, CRM_SQLITE_MAX_BATCH)", "must be 1-10000"));
             }
             s.sqlite_max_batch = v;
         }
-        if let Some(v) = file.postgres_max_connections {
+        if let Some(v) = overrides.postgres_max_connections.or(file.postgres_max_connections) {
             if v == 0 || v > 1000 {
-                return Err(bad("postgres_max_connections", "must be 1-1000"));
+                return Err(bad(
+                    "postgres_max_connections (--postgres-max-connections, CRM_POSTGRES_MAX_CONNECTIONS)",
+                    "must be 1-1000",
+                ));
             }
             s.postgres_max_connections = v;
         }
         for (name, value, target) in [
-            ("request_timeout_ms", file.request_timeout_ms, &mut s.request_timeout),
-            ("shutdown_grace_ms", file.shutdown_grace_ms, &mut s.shutdown_grace),
+            (
+                "request_timeout_ms (--request-timeout-ms, CRM_REQUEST_TIMEOUT_MS)",
+                overrides.request_timeout_ms.or(file.request_timeout_ms),
+                &mut s.request_timeout,
+            ),
+            (
+                "shutdown_grace_ms (--shutdown-grace-ms, CRM_SHUTDOWN_GRACE_MS)",
+                overrides.shutdown_grace_ms.or(file.shutdown_grace_ms),
+                &mut s.shutdown_grace,
+            ),
         ] {
             if let Some(v) = value {
                 if v == 0 || v > 3_600_000 {
@@ -287,9 +401,12 @@ impl Settings {
             }
             s.max_connections = v;
         }
-        if let Some(v) = file.idempotency_ttl_secs {
+        if let Some(v) = overrides.idempotency_ttl_secs.or(file.idempotency_ttl_secs) {
             if v == 0 || v > 30 * 24 * 3600 {
-                return Err(bad("idempotency_ttl_secs", "must be 1-2592000 (30 days)"));
+                return Err(bad(
+                    "idempotency_ttl_secs (--idempotency-ttl-secs, CRM_IDEMPOTENCY_TTL_SECS)",
+                    "must be 1-2592000 (30 days)",
+                ));
             }
             s.idempotency_ttl = Duration::from_secs(v);
         }
@@ -301,13 +418,17 @@ impl Settings {
             let keys = entries.iter().map(|e| ApiKey::new(&e.channel, &e.sha256)).collect::<Result<Vec<_>, _>>();
             s.api_keys = ApiKeys(keys.map_err(|e| bad("api_keys", e))?);
         }
-        if let Some(v) = file.max_in_flight {
+        if let Some(v) = overrides.max_in_flight.or(file.max_in_flight) {
             if v == 0 || v > 1_000_000 {
-                return Err(bad("max_in_flight", "must be 1-1000000"));
+                return Err(bad("max_in_flight (--max-in-flight, CRM_MAX_IN_FLIGHT)", "must be 1-1000000"));
             }
             s.max_in_flight = v;
         }
-        match (file.rate_limit_per_second, file.rate_limit_burst) {
+        let rate_limit = (
+            overrides.rate_limit_per_second.or(file.rate_limit_per_second),
+            overrides.rate_limit_burst.or(file.rate_limit_burst),
+        );
+        match rate_limit {
             (None, None) => {}
             (Some(rate), burst) => {
                 let rate = NonZeroU32::new(rate).ok_or_else(|| bad("rate_limit_per_second", "must be at least 1"))?;
@@ -328,13 +449,22 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(v) = file.postgres_acquire_timeout_ms {
+        if let Some(v) = overrides.postgres_acquire_timeout_ms.or(file.postgres_acquire_timeout_ms) {
             if v == 0 || v > 600_000 {
-                return Err(bad("postgres_acquire_timeout_ms", "must be 1-600000"));
+                return Err(bad(
+                    "postgres_acquire_timeout_ms (--postgres-acquire-timeout-ms, CRM_POSTGRES_ACQUIRE_TIMEOUT_MS)",
+                    "must be 1-600000",
+                ));
             }
             s.postgres_acquire_timeout = Duration::from_millis(v);
         }
-        match (&s.store, file.salesforce) {
+        let mut section = file.salesforce;
+        if s.store == StoreUrl::Salesforce {
+            let mut from_env = section.take().unwrap_or_default();
+            let any = salesforce_from_env(&mut from_env, |name| std::env::var(name).ok())?;
+            section = (any || section_in_file).then_some(from_env);
+        }
+        match (&s.store, section) {
             (StoreUrl::Salesforce, Some(section)) => {
                 let secret = std::env::var("CRM_SALESFORCE_CLIENT_SECRET").ok();
                 let config = section.validate(secret).map_err(|e| bad(&e.key, e.message))?;
@@ -344,7 +474,7 @@ impl Settings {
             (StoreUrl::Salesforce, None) => {
                 return Err(bad(
                     "store",
-                    "salesforce needs a [salesforce] section in the --config file (see docs/salesforce.md)",
+                    "salesforce needs a [salesforce] section in the --config file or CRM_SALESFORCE_* variables (see docs/salesforce.md)",
                 ))
             }
             (_, _) => {}

@@ -206,6 +206,25 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         (vec!["serve", "--config", "/no/such/file.toml"], vec![], "--config"),
         (vec!["serve", "--log-format", "bogus"], vec![], "log format"),
         (vec!["serve", "--listen", "0.0.0.0:8080"], vec![], "loopback"),
+        // Every file key has its variable, checked like the file's value and named in the error.
+        (vec!["serve"], vec![("CRM_MATCHING", "by_name")], "CRM_MATCHING"),
+        (vec!["serve"], vec![("CRM_SQLITE_MAX_BATCH", "0")], "CRM_SQLITE_MAX_BATCH"),
+        (vec!["serve"], vec![("CRM_REQUEST_TIMEOUT_MS", "0")], "CRM_REQUEST_TIMEOUT_MS"),
+        (vec!["serve"], vec![("CRM_IDEMPOTENCY_TTL_SECS", "99999999")], "CRM_IDEMPOTENCY_TTL_SECS"),
+        (vec!["serve"], vec![("CRM_MAX_IN_FLIGHT", "0")], "CRM_MAX_IN_FLIGHT"),
+        (vec!["serve"], vec![("CRM_POSTGRES_ACQUIRE_TIMEOUT_MS", "0")], "CRM_POSTGRES_ACQUIRE_TIMEOUT_MS"),
+        (vec!["serve"], vec![("CRM_RATE_LIMIT_BURST", "5")], "rate_limit_burst"),
+        (vec!["serve"], vec![("CRM_LOG_FILTER", "[[[")], "CRM_LOG_FILTER"),
+        (
+            vec!["serve"],
+            vec![("CRM_STORE", "salesforce"), ("CRM_SALESFORCE_TIMEOUT_MS", "soon")],
+            "CRM_SALESFORCE_TIMEOUT_MS",
+        ),
+        (
+            vec!["serve"],
+            vec![("CRM_STORE", "salesforce"), ("CRM_SALESFORCE_INSTANCE_URL", "https://org.example")],
+            "salesforce",
+        ),
     ];
     for (args, env, name) in cases {
         let out = Command::new(BIN).args(&args).envs(env.clone()).current_dir(dir.path()).output().unwrap();
@@ -226,6 +245,44 @@ fn migrate_applies_embedded_migrations_once() {
     assert!(String::from_utf8_lossy(&first.stdout).contains(&applied), "{first:?}");
     let second = Command::new(BIN).args(["migrate", "--store", &store]).output().unwrap();
     assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"), "{second:?}");
+}
+
+/// A container needs no file: the settings come from the environment of the real binary, and take effect.
+#[tokio::test]
+async fn every_setting_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("env.db").display());
+    let env = [
+        ("CRM_STORE", store.as_str()),
+        ("CRM_MATCHING", "id_number"),
+        ("CRM_LOG_FILTER", "warn,integration_service::startup=info"),
+        ("CRM_SQLITE_MAX_BATCH", "8"),
+        ("CRM_REQUEST_TIMEOUT_MS", "5000"),
+        ("CRM_SHUTDOWN_GRACE_MS", "2000"),
+        ("CRM_IDEMPOTENCY_TTL_SECS", "600"),
+        ("CRM_MAX_IN_FLIGHT", "64"),
+        ("CRM_RATE_LIMIT_PER_SECOND", "1"),
+        ("CRM_RATE_LIMIT_BURST", "3"),
+    ];
+    let (mut child, addr) = crate::binary::serve(&[], &env);
+    let client = reqwest::Client::new();
+    let create =
+        |product: &str| client.post(format!("http://{addr}{CREATE}")).json(&ntb("ENV1", product, "RM001")).send();
+    let first = create("CARD").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // CRM_MATCHING=id_number: another product of the same customer is the same key.
+    let second: Value = create("LOAN").await.unwrap().json().await.unwrap();
+    assert_eq!((&second["result"], &second["id"]), (&Value::from("EXISTING"), &first["id"]), "{second}");
+    // CRM_RATE_LIMIT_*: a burst of 3 at 1 per second, so of 8 more requests at once some are refused.
+    let burst: Vec<_> = (0..8).map(|_| tokio::spawn(create("CARD"))).collect();
+    let mut statuses = Vec::new();
+    for r in burst {
+        statuses.push(r.await.unwrap().unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 /// Starts the binary on port 0 and returns it with the address it logged. The caller waits for it.
