@@ -20,6 +20,7 @@ use store::{
     Backend, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory,
     RequestContext, SearchResult, Store, StoreError, StoredResponse,
 };
+use tracing::Instrument;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -153,7 +154,8 @@ pub fn backend_api_usage(backend: &'static str, used: f64, limit: f64) {
     metrics::gauge!("crm_backend_api_usage", "backend" => backend, "limit" => "max").set(limit);
 }
 
-/// Wraps a backend and times every call of the port.
+/// Wraps a backend: every call of the port runs inside a `store` span naming the operation (so whatever the
+/// adapter logs, and the database driver's own events, say which call they belong to) and is timed.
 pub struct Instrumented(pub Arc<dyn Backend>);
 
 async fn timed<T>(
@@ -161,7 +163,7 @@ async fn timed<T>(
     call: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = Instant::now();
-    let result = call.await;
+    let result = call.instrument(tracing::info_span!("store", operation)).await;
     let outcome = match &result {
         Ok(_)
         | Err(

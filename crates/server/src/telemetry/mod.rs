@@ -13,10 +13,26 @@
 mod json;
 
 pub use json::{JsonFields, JsonLines};
+use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
+
+/// The subscriber the binary runs, writing its lines to `writer`: the one construction, so a test that
+/// captures the lines (the personal-data test) sees exactly what production writes.
+pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => Box::new(builder.fmt_fields(json::JsonFields).event_format(json::JsonLines).finish()),
+        LogFormat::Compact => Box::new(builder.compact().finish()),
+    }
+}
 
 /// Installs the global subscriber. `RUST_LOG` overrides `filter`. Safe to call more than once. Keep the
 /// guard until the process exits: dropping it flushes the buffered lines.
@@ -27,10 +43,6 @@ pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
         .buffered_lines_limit(64 * 1024)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let builder = fmt().with_env_filter(filter).with_writer(writer);
-    let _ = match format {
-        LogFormat::Json => builder.fmt_fields(json::JsonFields).event_format(json::JsonLines).try_init(),
-        LogFormat::Compact => builder.compact().try_init(),
-    };
+    let _ = subscriber(format, filter, writer).try_init();
     guard
 }
