@@ -96,6 +96,28 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Most connections open at once; beyond, new ones are refused at once.
     pub max_connections: usize,
+    /// The `[events]` section: lifecycle events to NATS JetStream; `None` (off) unless a NATS URL is set.
+    pub events: Option<EventsSettings>,
+}
+
+/// Where lifecycle events go (docs/events.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsSettings {
+    /// `nats://host:port`, or several separated by commas.
+    pub nats_url: String,
+    /// The JetStream stream, created if missing.
+    pub stream: String,
+    /// The first token(s) of every subject: `PREFIX.lead.created`.
+    pub subject_prefix: String,
+}
+
+/// The `[events]` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEvents {
+    pub nats_url: Option<String>,
+    pub stream: Option<String>,
+    pub subject_prefix: Option<String>,
 }
 
 impl Default for Settings {
@@ -119,6 +141,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            events: None,
         }
     }
 }
@@ -147,6 +170,8 @@ pub struct FileSettings {
     pub max_connections: Option<usize>,
     /// The Salesforce backend's settings (`store = "salesforce"`); see docs/salesforce.md.
     pub salesforce: Option<SalesforceSection>,
+    /// Lifecycle events to NATS JetStream; see docs/events.md.
+    pub events: Option<FileEvents>,
 }
 
 /// One `[[api_keys]]` entry of the file: a channel and the SHA-256 (hex) of its key.
@@ -217,6 +242,15 @@ pub struct Overrides {
     /// Burst per channel above the rate [default: the rate]
     #[arg(long, env = "CRM_RATE_LIMIT_BURST", value_name = "N")]
     pub rate_limit_burst: Option<u32>,
+    /// NATS server for lifecycle events (nats://host:port); events are off without it
+    #[arg(long, env = "CRM_EVENTS_NATS_URL", value_name = "URL")]
+    pub events_nats_url: Option<String>,
+    /// JetStream stream of the events [default: CRM_EVENTS]
+    #[arg(long, env = "CRM_EVENTS_STREAM", value_name = "NAME")]
+    pub events_stream: Option<String>,
+    /// First token(s) of every event subject [default: crm]
+    #[arg(long, env = "CRM_EVENTS_SUBJECT_PREFIX", value_name = "PREFIX")]
+    pub events_subject_prefix: Option<String>,
 }
 
 /// The `[salesforce]` keys from `CRM_SALESFORCE_*` variables (nested ones joined with `_`:
@@ -458,6 +492,14 @@ impl Settings {
             }
             s.postgres_acquire_timeout = Duration::from_millis(v);
         }
+        s.events = events(overrides, file.events)?;
+        if s.events.is_some() && s.store == StoreUrl::Salesforce {
+            // The Salesforce adapter does not write its audit's events to the outbox yet (docs/events.md).
+            return Err(bad(
+                "events.nats_url (CRM_EVENTS_NATS_URL)",
+                "events are not available with store = salesforce yet",
+            ));
+        }
         let mut section = file.salesforce;
         if s.store == StoreUrl::Salesforce {
             let mut from_env = section.take().unwrap_or_default();
@@ -481,6 +523,46 @@ impl Settings {
         }
         Ok(s)
     }
+}
+
+/// The `[events]` settings: off unless a NATS URL is given (file or `CRM_EVENTS_NATS_URL`).
+fn events(overrides: &Overrides, file: Option<FileEvents>) -> Result<Option<EventsSettings>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let url = overrides.events_nats_url.clone().or(file.nats_url).filter(|u| !u.trim().is_empty());
+    let stream = overrides.events_stream.clone().or(file.stream);
+    let prefix = overrides.events_subject_prefix.clone().or(file.subject_prefix);
+    let Some(nats_url) = url else {
+        if stream.is_some() || prefix.is_some() {
+            return Err(bad(
+                "events.nats_url (CRM_EVENTS_NATS_URL)",
+                "is needed when events.stream or events.subject_prefix is set",
+            ));
+        }
+        return Ok(None);
+    };
+    for server in nats_url.split(',') {
+        let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|scheme| server.trim().starts_with(scheme));
+        if !ok {
+            return Err(bad(
+                "events.nats_url (CRM_EVENTS_NATS_URL)",
+                "must be nats://host:port (several separated by commas)",
+            ));
+        }
+    }
+    let stream = stream.unwrap_or_else(|| "CRM_EVENTS".into());
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if stream.is_empty() || stream.len() > 64 || !stream.chars().all(name_ok) {
+        return Err(bad("events.stream (CRM_EVENTS_STREAM)", "must be 1-64 letters, digits, _ or -"));
+    }
+    let prefix = prefix.unwrap_or_else(|| "crm".into());
+    let token_ok = |t: &str| !t.is_empty() && t.chars().all(name_ok);
+    if prefix.len() > 128 || !prefix.split('.').all(token_ok) {
+        return Err(bad(
+            "events.subject_prefix (CRM_EVENTS_SUBJECT_PREFIX)",
+            "must be dot-separated tokens of letters, digits, _ or - (no wildcards)",
+        ));
+    }
+    Ok(Some(EventsSettings { nats_url, stream, subject_prefix: prefix }))
 }
 
 #[cfg(test)]
@@ -522,6 +604,24 @@ mod tests {
         o.listen = None;
         o.store = Some("mysql://x".into());
         assert!(Settings::load(&o).unwrap_err().to_string().contains("store"));
+
+        std::fs::write(&file, "[events]\nnats_url = \"nats://127.0.0.1:4222\"\nsubject_prefix = \"bank.crm\"\n")
+            .unwrap();
+        let events = Settings::load(&o).unwrap().events.expect("events on");
+        assert_eq!((events.stream.as_str(), events.subject_prefix.as_str()), ("CRM_EVENTS", "bank.crm"));
+        o.events_stream = Some("LIFECYCLE".into());
+        assert_eq!(Settings::load(&o).unwrap().events.unwrap().stream, "LIFECYCLE");
+        o.events_subject_prefix = Some("crm.*".into());
+        assert!(Settings::load(&o).unwrap_err().to_string().contains("events.subject_prefix"));
+        o.events_subject_prefix = None;
+        o.events_nats_url = Some("http://x".into());
+        assert!(Settings::load(&o).unwrap_err().to_string().contains("events.nats_url"));
+        o.events_nats_url = None;
+        o.events_stream = None;
+        std::fs::write(&file, "[events]\nstream = \"X\"\n").unwrap();
+        assert!(Settings::load(&o).unwrap_err().to_string().contains("events.nats_url"));
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(Settings::load(&o).unwrap().events, None, "off when not set");
 
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         o.store = None;

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use events::{Relay, RelayConfig};
+use store::events::Outbox;
 use store::{Backend, Sidecar};
 use store_postgres::{PgConfig, PgStore};
 use store_salesforce::SalesforceStore;
@@ -53,6 +55,7 @@ impl Opened {
                 let mut config = SqliteConfig::new(path);
                 config.matching = settings.matching;
                 config.max_batch = settings.sqlite_max_batch;
+                config.events = settings.events.is_some();
                 Ok(Self::Sqlite(Arc::new(SqliteStore::open(config)?)))
             }
             StoreUrl::Postgres(url) => Ok(Self::Postgres(Arc::new(PgStore::open(pg_config(settings, url)).await?))),
@@ -91,6 +94,15 @@ impl Opened {
         }
     }
 
+    /// The outbox lifecycle events wait in: the store's own, or for a CRM backend, its local store's.
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        match self {
+            Self::Sqlite(s) => s.clone(),
+            Self::Postgres(s) => s.clone(),
+            Self::Salesforce(_, local) => local.outbox(),
+        }
+    }
+
     /// Called after the server has stopped: every handler has returned, so the store is ours alone.
     pub async fn shutdown(self) {
         match self {
@@ -114,6 +126,15 @@ pub fn pg_config(settings: &Settings, url: &str) -> PgConfig {
     config.matching = settings.matching;
     config.max_connections = settings.postgres_max_connections;
     config.acquire_timeout = settings.postgres_acquire_timeout;
+    config.events = settings.events.is_some();
+    config
+}
+
+/// The relay's settings from the `[events]` section.
+pub fn relay_config(events: &crate::config::EventsSettings) -> RelayConfig {
+    let mut config = RelayConfig::new(&events.nats_url);
+    config.stream = events.stream.clone();
+    config.subject_prefix = events.subject_prefix.clone();
     config
 }
 
@@ -125,12 +146,15 @@ pub struct Application {
     backend: Opened,
     router: axum::Router,
     limits: connections::Limits,
+    /// The event relay, when events are configured.
+    relay: Option<Relay>,
 }
 
 impl Application {
     /// Opens the store (migrating it) and binds the listener.
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let backend = Opened::open(settings).await?;
+        let relay = settings.events.as_ref().map(|events| Relay::start(backend.outbox(), relay_config(events)));
         let state = AppState {
             store: Arc::new(Instrumented(backend.port())),
             request_timeout: settings.request_timeout,
@@ -141,6 +165,7 @@ impl Application {
             api_keys: Arc::new(settings.api_keys.clone()),
             rate_limit: settings.rate_limit.map(|(rate, burst)| api::overload::rate_limiter(rate, burst)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
+            events: relay.as_ref().map(Relay::status_handle),
         };
         observability::handle();
         let purge = purge_expired_keys(state.store.clone(), settings.idempotency_ttl);
@@ -153,7 +178,7 @@ impl Application {
             idle_timeout: settings.idle_timeout,
             max_connections: settings.max_connections,
         };
-        Ok(Self { listener, backend, router, grace: settings.shutdown_grace, purge, limits })
+        Ok(Self { listener, backend, router, grace: settings.shutdown_grace, purge, limits, relay })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -167,7 +192,7 @@ impl Application {
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in flight, and
     /// drains the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, backend, router, grace, purge, limits } = self;
+        let Self { listener, backend, router, grace, purge, limits, relay } = self;
         let purger = tokio::spawn(purge);
         tracing::info!(address = %listener.local_addr()?, "listening");
         let (stopping, mut stopped) = tokio::sync::watch::channel(false);
@@ -196,6 +221,9 @@ impl Application {
         };
         purger.abort();
         let _ = purger.await;
+        if let Some(relay) = relay {
+            relay.stop().await;
+        }
         backend.shutdown().await;
         served
     }

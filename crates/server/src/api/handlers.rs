@@ -224,10 +224,11 @@ pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health { status: "UP" })
+    Json(Health { status: "UP", details: None })
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers. With events configured, `details.events` shows the outbox's lag and the
+/// relay's state; a lag never makes the service unready (requests do not need NATS).
 #[utoipa::path(
     get, path = "/health/ready", tag = "operations",
     responses(
@@ -237,7 +238,18 @@ pub async fn live() -> Json<Health> {
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ready().await.map_err(|e| ApiError::from_store(e, "record"))?;
-    Ok(Json(Health { status: "UP" }))
+    let details = state.events.as_ref().map(|relay| {
+        let s = relay.get();
+        HealthDetails {
+            events: EventsHealth {
+                outbox_pending: s.lag.count,
+                outbox_oldest_age_seconds: s.lag.oldest_age.as_secs_f64(),
+                nats_connected: s.connected,
+                publishing: s.publishing,
+            },
+        }
+    });
+    Ok(Json(Health { status: "UP", details }))
 }
 
 /// Prometheus metrics, text exposition format.

@@ -51,6 +51,8 @@ pub struct AppState {
     pub rate_limit: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// Permits for requests in flight.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The event relay's state, when events are configured (for `/health/ready`).
+    pub events: Option<events::StatusHandle>,
 }
 
 #[derive(OpenApi)]

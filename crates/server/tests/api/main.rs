@@ -4,6 +4,8 @@
 #[path = "../common/binary.rs"]
 mod binary;
 mod helpers;
+#[path = "../common/nats.rs"]
+mod nats;
 
 mod auth;
 mod close_lost;
@@ -12,6 +14,7 @@ mod concurrency;
 mod connections;
 mod create;
 mod errors;
+mod events;
 mod faults;
 mod hostile;
 mod idempotency;

@@ -209,4 +209,27 @@ impl From<SearchResult> for SearchResponse {
 pub struct Health {
     #[schema(example = "UP")]
     pub status: &'static str,
+    /// What `/health/ready` adds when events are configured; informative, it never makes the service unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<HealthDetails>,
+}
+
+/// The details of `/health/ready`.
+#[derive(Serialize, ToSchema)]
+pub struct HealthDetails {
+    pub events: EventsHealth,
+}
+
+/// The event relay's state (docs/events.md).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsHealth {
+    /// Events committed but not yet published.
+    pub outbox_pending: u64,
+    /// How long the oldest of them has waited, in seconds.
+    pub outbox_oldest_age_seconds: f64,
+    /// Whether this replica is connected to NATS.
+    pub nats_connected: bool,
+    /// Whether this replica holds the relay lease (publishes for every replica).
+    pub publishing: bool,
 }
