@@ -605,6 +605,7 @@ mod tests {
         o.store = Some("mysql://x".into());
         assert!(Settings::load(&o).unwrap_err().to_string().contains("store"));
 
+        o.store = None;
         std::fs::write(&file, "[events]\nnats_url = \"nats://127.0.0.1:4222\"\nsubject_prefix = \"bank.crm\"\n")
             .unwrap();
         let events = Settings::load(&o).unwrap().events.expect("events on");
