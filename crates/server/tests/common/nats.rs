@@ -92,6 +92,7 @@ pub async fn messages(url: &str, stream: &str) -> Vec<Value> {
     out
 }
 
+#[allow(dead_code)] // the API tests use it; the kill test waits on the outbox instead
 /// Waits until `stream` holds at least `count` messages (at most `within`), then returns them all.
 pub async fn wait_for(url: &str, stream: &str, count: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
