@@ -21,5 +21,4 @@ mod idempotency;
 mod observability;
 mod operations;
 mod reading;
-mod replicas;
 mod salesforce;

@@ -12,9 +12,9 @@
 //! It prints the counts it checked and exits 1 on any violation.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use store_postgres::scratch::ScratchDb;
+use tools::{CLOSE_WON, CREATE, LOST_LEAD, LOST_OPP};
 
 #[derive(Parser, Debug)]
 #[command(name = "replica-check", about = "Drive several replicas on one PostgreSQL database and check the invariant")]
@@ -98,37 +99,11 @@ struct Replica {
 }
 
 fn start(bin: &PathBuf, url: &str) -> Result<Replica, String> {
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", url, "--log-format", "json"])
-        .env("RUST_LOG", "warn,integration_service::startup=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("a replica exited before listening".into());
-        }
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "listening" {
-                let base = format!("http://{}", v["address"].as_str().unwrap_or_default());
-                // Keep draining its output so it never blocks on a full pipe.
-                std::thread::spawn(move || for _ in out.lines() {});
-                return Ok(Replica { child, base });
-            }
-        }
-    }
+    let (child, addr, out) = tools::start_service(bin, url, &[("RUST_LOG", "warn,integration_service::startup=info")])?;
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    Ok(Replica { child, base: format!("http://{addr}") })
 }
-
-const CREATE: &str = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity";
-const CLOSE_WON: &str = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity";
-const LOST_OPP: &str = "/integration-service/api/crm/v1/update-opportunity-status";
-const LOST_LEAD: &str = "/integration-service/api/crm/v1/update-lead-status";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -466,10 +441,13 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let bin = args.service_bin.clone().unwrap_or_else(|| {
-        let me = std::env::current_exe().unwrap_or_default();
-        me.with_file_name(format!("integration-service{}", std::env::consts::EXE_SUFFIX))
-    });
+    let bin = match tools::service_binary(args.service_bin.clone()) {
+        Ok(bin) => bin,
+        Err(e) => {
+            eprintln!("replica-check: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -483,9 +461,8 @@ fn main() -> ExitCode {
             db.keep();
         }
         // Migrate once before the replicas start, as a deployment would.
-        let migrated = Command::new(&bin).args(["migrate", "--store", &db.url]).output();
-        if !migrated.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("replica-check: migrate failed: {migrated:?}");
+        if let Err(e) = tools::migrate(&bin, &db.url) {
+            eprintln!("replica-check: {e}");
             return ExitCode::from(2);
         }
         let mut replicas = Vec::new();

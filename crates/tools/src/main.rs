@@ -8,9 +8,9 @@
 //! requests/s, p50/p95/p99, errors, the service's CPU and peak memory, and the ratios to both ceilings, and
 //! writes them as JSON plus an SVG chart.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,10 +67,6 @@ pub struct Run {
     pub vs_live: Option<f64>,
 }
 
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe().unwrap_or_default().with_file_name(name)
-}
-
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
@@ -99,21 +95,8 @@ impl Drop for Served {
     }
 }
 
-fn serve(mut command: Command, listening: impl Fn(&str) -> Option<String>) -> Served {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the process starts");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench: a process exited before listening");
-        }
-        if let Some(addr) = listening(&line) {
-            break format!("http://{addr}");
-        }
-    };
+/// A started process whose output is drained (and counted) by a thread of its own.
+fn counted(child: Child, addr: String, mut out: impl Read + Send + 'static) -> Served {
     let log_bytes = Arc::new(AtomicU64::new(0));
     let counter = log_bytes.clone();
     std::thread::spawn(move || {
@@ -125,7 +108,12 @@ fn serve(mut command: Command, listening: impl Fn(&str) -> Option<String>) -> Se
             counter.fetch_add(n as u64, Ordering::Relaxed);
         }
     });
-    Served { child, base, log_bytes }
+    Served { child, base: format!("http://{addr}"), log_bytes }
+}
+
+fn serve(command: Command, listening: impl Fn(&str) -> Option<String>) -> Served {
+    let (child, addr, out) = tools::spawn_listening(command, listening).unwrap_or_else(|e| panic!("bench: {e}"));
+    counted(child, addr, out)
 }
 
 fn wrk(args: &Args, url: &str, connections: u32, script: &Path, env: &[(&str, String)]) -> Value {
@@ -177,13 +165,10 @@ fn measure(
     }
 }
 
-fn start_service(store: &str, extra_env: &[(&str, &str)]) -> Served {
-    let mut command = Command::new(sibling("integration-service"));
-    command.args(["serve", "--listen", "127.0.0.1:0", "--store", store]).envs(extra_env.iter().copied());
-    serve(command, |line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "listening").then(|| v["address"].as_str().map(str::to_owned)).flatten()
-    })
+fn start_service(store: &str) -> Served {
+    let bin = tools::service_binary(None).unwrap_or_else(|e| panic!("bench: {e}"));
+    let (child, addr, out) = tools::start_service(&bin, store, &[]).unwrap_or_else(|e| panic!("bench: {e}"));
+    counted(child, addr, out)
 }
 
 /// What the service did with the mix, from its own `crm_lifecycle_outcomes_total`: proof that the mix is
@@ -237,9 +222,10 @@ fn main() {
     let mut mixes: Vec<Value> = Vec::new();
 
     // The ceilings: a bare axum route, and the service's own /health/live (on an empty embedded store).
-    let hello = serve(Command::new(sibling("hello")), |l| l.trim().strip_prefix("listening ").map(str::to_owned));
+    let hello =
+        serve(Command::new(tools::sibling("hello")), |l| l.trim().strip_prefix("listening ").map(str::to_owned));
     let live_store = format!("sqlite://{}", dir.join("live.db").display());
-    let live = start_service(&live_store, &[]);
+    let live = start_service(&live_store);
     let mut hello_at = std::collections::HashMap::new();
     let mut live_at = std::collections::HashMap::new();
     for &c in &args.connections {
@@ -265,15 +251,14 @@ fn main() {
             }
             other => panic!("bench: unknown store {other} (sqlite, postgres)"),
         };
-        let migrated =
-            Command::new(sibling("integration-service")).args(["migrate", "--store", &url]).output().expect("migrate");
-        assert!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+        let bin = tools::service_binary(None).unwrap_or_else(|e| panic!("bench: {e}"));
+        tools::migrate(&bin, &url).unwrap_or_else(|e| panic!("bench: {e}"));
         let t = Instant::now();
         rt.block_on(preload::run(&url, args.preload)).expect("preload");
         println!("{store}: {} records pre-loaded in {:.1}s", args.preload, t.elapsed().as_secs_f64());
         // One service serves every level, as a running service would; the mix's ids wrap, so later levels
         // see repeats of closes (answered 200, as the first time) rather than errors.
-        let served = start_service(&url, &[]);
+        let served = start_service(&url);
         for &c in &args.connections {
             let env = [("PRELOAD", args.preload.to_string()), ("THREADS", args.threads.to_string())];
             let mut run = measure(&args, &format!("mix, {store}"), &served, "", c, &mix, &env);

@@ -4,11 +4,23 @@
 use std::process::Command;
 
 const CHECK: &str = env!("CARGO_BIN_EXE_replica-check");
-const SERVICE: &str = env!("CARGO_BIN_EXE_integration-service");
 
 fn run(extra: &[&str]) -> (i32, String) {
+    // The service binary the workspace built (`cargo test --workspace` builds it; alone: cargo build first).
+    let service = tools::service_binary(None).unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(CHECK)
-        .args(["--service-bin", SERVICE, "--requests", "600", "--keys", "4", "--owners", "3", "--concurrency", "32"])
+        .args([
+            "--service-bin",
+            service.to_str().unwrap(),
+            "--requests",
+            "600",
+            "--keys",
+            "4",
+            "--owners",
+            "3",
+            "--concurrency",
+            "32",
+        ])
         .args(extra)
         .output()
         .unwrap();
