@@ -8,6 +8,9 @@
 //!  "target":"integration_service::api::request_id","span":{"request_id":"…","method":"GET","name":"request"}}
 //! ```
 //!
+//! Unlike that format, `span` holds the fields of every span around the event, outermost first, so a
+//! line written inside a store call's span still carries its request's id.
+//!
 //! That format goes through serde for every field of every line and of every new span, and through a UTF-8
 //! check for each small piece it writes. Profiled with callgrind on `GET /health/live`, those two cost about
 //! 28 000 instructions per request, more than twice a whole bare axum request; this writer does the same in
@@ -63,15 +66,21 @@ where
         visitor.result?;
         writer.write_str(",\"target\":")?;
         string(&mut writer, meta.target())?;
-        if let Some(span) = ctx.lookup_current() {
+        // The fields of every span around the event, outermost first (a store call's span inside the
+        // request's: the line carries both the request id and the operation), named after the innermost.
+        if let Some(scope) = ctx.event_scope() {
             writer.write_str(",\"span\":{")?;
-            let extensions = span.extensions();
-            if let Some(fields) = extensions.get::<FormattedFields<N>>().filter(|f| !f.fields.is_empty()) {
-                writer.write_str(&fields.fields)?;
-                writer.write_char(',')?;
+            let mut name = "";
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>().filter(|f| !f.fields.is_empty()) {
+                    writer.write_str(&fields.fields)?;
+                    writer.write_char(',')?;
+                }
+                name = span.name();
             }
             writer.write_str("\"name\":")?;
-            string(&mut writer, span.name())?;
+            string(&mut writer, name)?;
             writer.write_char('}')?;
         }
         writer.write_str("}\n")
@@ -256,11 +265,17 @@ mod tests {
             let _entered = span.enter();
             span.record("channel", "MOBILE_APP");
             tracing::warn!(ratio = 0.5, nan = f64::NAN, ok = true, delta = -2i64, what = ?("a\nb"), "inside");
+            let store = tracing::info_span!("store", operation = "create");
+            store.in_scope(|| tracing::info!("nested"));
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            lines[2]["span"],
+            serde_json::json!({"request_id": "r-1", "channel": "MOBILE_APP", "operation": "create", "name": "store"})
+        );
         assert_eq!(lines[0]["message"], "outside \"any\" span");
         assert_eq!(lines[0]["count"], 3);
         assert_eq!(lines[0]["level"], "INFO");
