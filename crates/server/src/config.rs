@@ -10,7 +10,7 @@ use std::time::Duration;
 use lifecycle::Matching;
 use serde::Deserialize;
 
-use crate::api::auth::{ApiKey, ApiKeys};
+use crate::api::auth::{ApiKey, ApiKeys, Role};
 use store_salesforce::{SalesforceConfig, SalesforceSection};
 
 /// Where records live, from `--store` / `CRM_STORE` / `store =`. `Debug` hides a PostgreSQL password.
@@ -174,12 +174,14 @@ pub struct FileSettings {
     pub events: Option<FileEvents>,
 }
 
-/// One `[[api_keys]]` entry of the file: a channel and the SHA-256 (hex) of its key.
+/// One `[[api_keys]]` entry of the file: a channel (for a reporting key, the name it is logged under), the
+/// SHA-256 (hex) of its key, and its role (`channel`, the default, or `reporting`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileApiKey {
     pub channel: String,
     pub sha256: String,
+    pub role: Option<String>,
 }
 
 /// Values from the environment or the command line, which override the file.
@@ -449,7 +451,13 @@ impl Settings {
             let keys = entries.map(ApiKey::parse_entry).collect::<Result<Vec<_>, _>>();
             s.api_keys = ApiKeys(keys.map_err(|e| bad("api keys (--api-keys, CRM_API_KEYS)", e))?);
         } else if let Some(entries) = file.api_keys {
-            let keys = entries.iter().map(|e| ApiKey::new(&e.channel, &e.sha256)).collect::<Result<Vec<_>, _>>();
+            let keys = entries
+                .iter()
+                .map(|e| {
+                    let role = e.role.as_deref().map(Role::parse).transpose()?.unwrap_or_default();
+                    Ok(ApiKey { role, ..ApiKey::new(&e.channel, &e.sha256)? })
+                })
+                .collect::<Result<Vec<_>, String>>();
             s.api_keys = ApiKeys(keys.map_err(|e| bad("api_keys", e))?);
         }
         if let Some(v) = overrides.max_in_flight.or(file.max_in_flight) {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use integration_service::api::auth::ApiKey;
+use integration_service::api::auth::{ApiKey, Role};
 use integration_service::config::{Overrides, Settings, StoreUrl};
 use integration_service::startup::{pg_config, shutdown_signal, Application, Opened};
 use integration_service::telemetry;
@@ -30,11 +30,15 @@ enum Command {
     /// Open the configured store and check it, then exit: for salesforce, fetch a token and verify the
     /// field and picklist mapping against the org. Exit code 0 when all is well, 2 with one line otherwise.
     Check(Overrides),
-    /// Make a new API key for a channel: prints the key (once) and the configuration line to add.
+    /// Make a new API key for a channel (or for reporting): prints the key (once) and the configuration
+    /// line to add.
     GenerateKey {
-        /// The channel the key belongs to, e.g. MOBILE_APP
+        /// The channel the key belongs to, e.g. MOBILE_APP; for a reporting key, the name it is logged under
         #[arg(long)]
         channel: String,
+        /// `channel` (the lifecycle operations and reads) or `reporting` (the reports and nothing else)
+        #[arg(long, default_value = "channel")]
+        role: String,
     },
 }
 
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
         Command::Serve(o) | Command::Migrate(o) | Command::Check(o) => o,
-        Command::GenerateKey { channel } => return generate_key(channel),
+        Command::GenerateKey { channel, role } => return generate_key(channel, role),
     };
     let settings = match Settings::load(overrides) {
         Ok(s) => s,
@@ -61,20 +65,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn generate_key(channel: &str) -> ExitCode {
+fn generate_key(channel: &str, role: &str) -> ExitCode {
     let channel = match lifecycle::Channel::parse(channel) {
         Ok(c) => c,
         Err(e) => return fail(format!("invalid --channel {channel:?}: {e}")),
     };
-    match ApiKey::generate(&channel) {
+    let role = match Role::parse(role) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("invalid --role: {e}")),
+    };
+    match ApiKey::generate_with(&channel, role) {
         Ok((key, entry)) => {
-            println!("API key for {channel} (shown only now; give it to the channel, keep it in a secret store):");
+            let holder = if role == Role::Reporting { "reporting" } else { "the channel" };
+            println!("API key for {channel} (shown only now; give it to {holder}, keep it in a secret store):");
             println!("{key}");
             println!();
             println!("Configure the service with its hash, in the environment:");
-            println!("CRM_API_KEYS={channel}:{}", entry.sha256_hex());
+            println!("CRM_API_KEYS={}", entry.entry());
             println!("or in the --config file:");
-            println!("[[api_keys]]\nchannel = \"{channel}\"\nsha256 = \"{}\"", entry.sha256_hex());
+            print!("[[api_keys]]\nchannel = \"{channel}\"\nsha256 = \"{}\"\n", entry.sha256_hex());
+            if role == Role::Reporting {
+                println!("role = \"reporting\"");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use lifecycle::{IdNumber, Product, RecordType};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use store::reports::{FunnelRow, GroupBy, HandoverRow, Period, RejectionRow, Rows, StalePage, StaleQuery};
 use store::{
-    Backend, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory,
+    Backend, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory, Reports,
     RequestContext, SearchResult, Store, StoreError, StoredResponse,
 };
 use tracing::Instrument;
@@ -238,6 +239,22 @@ impl Idempotency for Instrumented {
     }
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         timed("idempotency_purge", self.0.purge_expired()).await
+    }
+}
+
+#[async_trait]
+impl Reports for Instrumented {
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+        timed("report_funnel", self.0.funnel(period, group_by)).await
+    }
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        timed("report_rejections", self.0.rejections(period)).await
+    }
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        timed("report_handovers", self.0.handovers(period)).await
+    }
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {
+        timed("report_stale", self.0.stale(query)).await
     }
 }
 

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use integration_service::api::auth::{ApiKey, ApiKeys};
+use integration_service::api::auth::{ApiKey, ApiKeys, Role};
 use integration_service::config::{Settings, StoreUrl};
 use integration_service::startup::Application;
 use lifecycle::Channel;
@@ -235,4 +235,136 @@ async fn the_docs_page_works_in_headless_chromium() {
             .await
             .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A few journeys through the API, so the dashboard has something to draw: leads and opportunities on two
+/// channels and three products, some won, some lost for a reason, some handed over to another RM.
+async fn seed_journeys(base: &str, keys: &[(&str, &str)]) {
+    let client = reqwest::Client::new();
+    let key = |channel: &str| keys.iter().find(|(c, _)| *c == channel).unwrap().1.to_owned();
+    let post = |path: &'static str, channel: &'static str, body: Value| {
+        let (client, key) = (client.clone(), key(channel));
+        async move {
+            let r = client.post(format!("{base}{path}")).bearer_auth(key).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    const CREATE: &str = "/integration-service/int/api/crm/v1/combo-create-lead-opportunity";
+    const WON: &str = "/integration-service/int/api/crm/v1/combo-update-lead-opportunity";
+    const LOST_LEAD: &str = "/integration-service/api/crm/v1/update-lead-status";
+    const LOST_OPP: &str = "/integration-service/api/crm/v1/update-opportunity-status";
+    let products = ["CREDIT_CARD", "PERSONAL_LOAN", "SAVINGS"];
+    for i in 0..18 {
+        let product = products[i % 3];
+        let owner = format!("RM00{}", 1 + i % 4);
+        if i % 3 != 1 {
+            let body = serde_json::json!({
+                "customerType": "NTB", "customer": { "idNumber": format!("D{i}"), "fullName": "Dash Board" },
+                "product": product, "ownerId": owner, "channel": "MOBILE_APP"
+            });
+            let lead = post(CREATE, "MOBILE_APP", body.clone()).await;
+            match i % 4 {
+                0 => {
+                    post(WON, "MOBILE_APP", serde_json::json!({"leadId": lead["id"], "channel": "MOBILE_APP"})).await;
+                }
+                1 => {
+                    let reason = if i % 5 == 0 { "AML_REJECTED" } else { "NCB_REJECTED" };
+                    let b = serde_json::json!({"leadId": lead["id"], "status": "Close Lost", "channel": "MOBILE_APP", "reason": reason});
+                    post(LOST_LEAD, "MOBILE_APP", b).await;
+                }
+                2 => {
+                    let mut again = body;
+                    again["ownerId"] = Value::from("RM009");
+                    post(CREATE, "MOBILE_APP", again).await;
+                }
+                _ => {}
+            }
+        } else {
+            let body = serde_json::json!({
+                "customerType": "ETB", "customer": { "idNumber": format!("D{i}"), "cif": format!("CIF{i}") },
+                "product": product, "ownerId": owner, "channel": "LENDING_APP"
+            });
+            let opp = post(CREATE, "LENDING_APP", body).await;
+            if i % 2 == 0 {
+                let b = serde_json::json!({"opportunityId": opp["id"], "status": "Close Lost", "channel": "LENDING_APP", "reason": "NCB_REJECTED"});
+                post(LOST_OPP, "LENDING_APP", b).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_draws_what_the_reports_say_in_headless_chromium() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(browser_dir.join("node_modules/playwright-core").exists(), "playwright-core is needed: run scripts/test");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "Chromium is needed at {chromium}: run scripts/test");
+    let (mobile, m) = ApiKey::generate(&Channel::parse("MOBILE_APP").unwrap()).unwrap();
+    let (lending, l) = ApiKey::generate(&Channel::parse("LENDING_APP").unwrap()).unwrap();
+    let (report, r) = ApiKey::generate_with(&Channel::parse("ANALYTICS").unwrap(), Role::Reporting).unwrap();
+    let app = start(ApiKeys(vec![m, l, r]), None).await;
+    seed_journeys(&app.base, &[("MOBILE_APP", &mobile), ("LENDING_APP", &lending)]).await;
+
+    let today = time::OffsetDateTime::now_utc().date();
+    let (from, to) = ((today - time::Duration::days(6)).to_string(), today.to_string());
+    let screenshot = workspace().join("docs/dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let (base, key, f, t, shot) = (app.base.clone(), report.clone(), from.clone(), to.clone(), screenshot.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(browser_dir.join("dashboard.mjs"))
+            .args([&base, &key, &f, &t])
+            .arg(&shot)
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no result from the browser: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["external"], serde_json::json!([]), "the page loads nothing from outside: {seen}");
+    assert_eq!(seen["state"], "ready", "{seen}");
+    assert_eq!(seen["stored"], true, "the key is kept for the session");
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000, "a screenshot was saved");
+
+    // What the JSON reports say, for the same period, read with the same key.
+    let client = reqwest::Client::new();
+    let get = |report_name: &str, extra: &str| {
+        let url =
+            format!("{}/integration-service/int/api/crm/v1/reports/{report_name}?from={from}&to={to}{extra}", app.base);
+        let (client, key) = (client.clone(), report.clone());
+        async move { client.get(url).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let mut want = Vec::new();
+    let funnel = get("funnel", "&groupBy=channel").await;
+    for g in funnel["groups"].as_array().unwrap() {
+        for series in ["leads", "opportunities", "closeWon", "closeLost", "open"] {
+            want.push(
+                serde_json::json!({"chart": "funnel", "group": g["group"], "series": series, "value": g[series]}),
+            );
+        }
+    }
+    for r in get("rejections", "").await["rows"].as_array().unwrap() {
+        let group = format!(
+            "{} · {} · {}",
+            r["reason"].as_str().unwrap(),
+            r["channel"].as_str().unwrap(),
+            r["product"].as_str().unwrap()
+        );
+        want.push(serde_json::json!({"chart": "rejections", "group": group, "series": "count", "value": r["count"]}));
+    }
+    for h in get("handovers", "").await["rows"].as_array().unwrap() {
+        let group = format!("{} → {}", h["fromOwner"].as_str().unwrap(), h["toOwner"].as_str().unwrap());
+        want.push(serde_json::json!({"chart": "handovers", "group": group, "series": "count", "value": h["count"]}));
+    }
+    assert_eq!(seen["bars"], Value::from(want.clone()), "the charts draw exactly the reports' numbers");
+    let labels: Vec<Value> = want.iter().filter(|w| w["chart"] == "funnel").map(|w| w["value"].clone()).collect();
+    assert_eq!(seen["labels"], Value::from(labels), "each funnel bar is labelled with its number");
+    // The seeded journeys are all there: 15 leads on MOBILE_APP (12, and 3 that replaced one), 6 opportunities on LENDING_APP.
+    assert_eq!(funnel["groups"][1]["leads"], 15, "{funnel}");
+    assert_eq!(funnel["groups"][0]["opportunities"], 6, "{funnel}");
 }

@@ -18,6 +18,7 @@
 mod idempotency;
 mod outbox;
 mod read;
+mod reports;
 pub mod scratch;
 mod sidecar;
 mod write;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use store::reports::{FunnelRow, GroupBy, HandoverRow, Period, RejectionRow, Rows, StalePage, StaleQuery};
 use store::{
     CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RecordWithHistory, RequestContext, SearchResult, Store,
     StoreError,
@@ -239,6 +241,29 @@ pub(crate) fn error(e: sqlx::Error) -> StoreError {
 /// Whether a failed step may simply be run again: a conflict another transaction caused.
 pub(crate) fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")))
+}
+
+impl PgStore {
+    fn reporter(&self) -> reports::Reporter {
+        reports::Reporter { pool: self.pool.clone(), source: store::reports::Source::RECORDS }
+    }
+}
+
+/// The reports from this store's own records and history.
+#[async_trait]
+impl store::Reports for PgStore {
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+        self.reporter().funnel(period, group_by).await
+    }
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        self.reporter().rejections(period).await
+    }
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        self.reporter().handovers(period).await
+    }
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {
+        self.reporter().stale(query).await
+    }
 }
 
 #[async_trait]

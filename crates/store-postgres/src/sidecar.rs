@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use lifecycle::{Reason, Status};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
-use store::{AuditEntry, HistoryEntry, KeyLock, Sidecar, Store, StoreError, StoredResponse};
+use store::{AuditEntry, HistoryEntry, KeyLock, Origin, Sidecar, Store, StoreError, StoredResponse};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -113,10 +113,15 @@ impl Sidecar for PgStore {
         let mut tx = self.pool().begin().await.map_err(error)?;
         for a in entries {
             let e = &a.entry;
+            let (created, converted_from) = match &a.origin {
+                Some(Origin::Created { owner_id, product }) => (Some((owner_id, product)), None),
+                Some(Origin::ConvertedFrom(lead)) => (None, Some(lead.as_str())),
+                None => (None, None),
+            };
             sqlx::query(
                 "INSERT INTO audit (record_id, record_type, match_key, from_status, to_status, at, request_id,
-                     channel, reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     channel, reason, owner_id, product, converted_from)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&a.record_id)
             .bind(a.record_type.as_str())
@@ -127,6 +132,9 @@ impl Sidecar for PgStore {
             .bind(&e.request_id)
             .bind(e.channel.as_str())
             .bind(e.reason.as_ref().map(Reason::as_str))
+            .bind(created.map(|(owner, _)| owner.as_str()))
+            .bind(created.map(|(_, product)| product.as_str()))
+            .bind(converted_from)
             .execute(&mut *tx)
             .await
             .map_err(error)?;
@@ -155,6 +163,10 @@ impl Sidecar for PgStore {
             .fetch_optional(self.pool())
             .await
             .map_err(error)
+    }
+
+    fn audit_reports(&self) -> std::sync::Arc<dyn store::Reports> {
+        std::sync::Arc::new(crate::reports::Reporter { pool: self.pool.clone(), source: store::reports::Source::AUDIT })
     }
 
     async fn sidecar_ready(&self) -> Result<(), StoreError> {

@@ -22,3 +22,5 @@ async fn with_events(events: bool) -> (Arc<dyn store::events::EventBackend>, Scr
 }
 
 store::outbox_suite!(with_events);
+
+store::reports_suite!(fresh);

@@ -39,9 +39,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
+use store::reports::{FunnelRow, GroupBy, HandoverRow, Period, RejectionRow, Rows, StalePage, StaleQuery};
 use store::{
-    Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory, RequestContext,
-    SearchResult, Sidecar, Store, StoreError, StoredResponse,
+    Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory, Reports,
+    RequestContext, SearchResult, Sidecar, Store, StoreError, StoredResponse,
 };
 
 pub use config::{SalesforceConfig, SalesforceSection};
@@ -147,6 +148,24 @@ impl Store for SalesforceStore {
             }),
             None => Ok(()),
         }
+    }
+}
+
+/// The reports, from the local store's audit: the org's records as this service made and changed them
+/// (records made or changed by hand in the org are not in it).
+#[async_trait]
+impl Reports for SalesforceStore {
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+        self.sidecar.audit_reports().funnel(period, group_by).await
+    }
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        self.sidecar.audit_reports().rejections(period).await
+    }
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        self.sidecar.audit_reports().handovers(period).await
+    }
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {
+        self.sidecar.audit_reports().stale(query).await
     }
 }
 

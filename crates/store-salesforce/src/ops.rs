@@ -17,7 +17,7 @@ use lifecycle::{
 use reqwest::Method;
 use serde_json::Value;
 use store::{
-    Answer, AuditEntry, CloseWonOutcome, CreateOutcome, CreateRequest, HistoryEntry, KeyLock, RecordRef,
+    Answer, AuditEntry, CloseWonOutcome, CreateOutcome, CreateRequest, HistoryEntry, KeyLock, Origin, RecordRef,
     RequestContext, StoreError, StoredResponse,
 };
 use time::OffsetDateTime;
@@ -105,6 +105,7 @@ fn audit(
         record_type,
         match_key: key.to_owned(),
         entry: HistoryEntry { from, to, at, request_id: ctx.request_id.clone(), channel: ctx.channel.clone(), reason },
+        origin: None,
     }
 }
 
@@ -232,7 +233,11 @@ async fn create_held(
             audit(old, record_type, key.expose(), Some(open), Status::CloseLost, at, ctx, Some(Reason::owner_changed()))
         })
         .collect();
-    entries.push(audit(&id, record_type, key.expose(), None, open, at, ctx, ctx.reason.clone()));
+    let created = Origin::Created { owner_id: request.owner_id.clone(), product: request.product.clone() };
+    entries.push(AuditEntry {
+        origin: Some(created),
+        ..audit(&id, record_type, key.expose(), None, open, at, ctx, ctx.reason.clone())
+    });
     let outcome = CreateOutcome {
         result,
         record_type,
@@ -535,7 +540,10 @@ async fn win_opportunity(s: &SalesforceStore, l: &Locked, opp: &str, ctx: &Reque
     let body = records::won_conversion(&s.config, &l.record, OffsetDateTime::now_utc().date());
     write_status(s, RecordType::Opportunity, opp, Status::NewOpportunity, body, Status::CloseWon, "close_won").await?;
     let at = OffsetDateTime::now_utc();
-    let entry = audit(opp, RecordType::Opportunity, &l.key, None, Status::CloseWon, at, ctx, ctx.reason.clone());
+    let entry = AuditEntry {
+        origin: records::id(&l.record).map(|lead| Origin::ConvertedFrom(lead.to_owned())),
+        ..audit(opp, RecordType::Opportunity, &l.key, None, Status::CloseWon, at, ctx, ctx.reason.clone())
+    };
     keep(s, &[entry], None).await;
     Ok(())
 }

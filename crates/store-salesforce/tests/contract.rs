@@ -13,3 +13,4 @@ async fn fresh() -> (Arc<dyn Backend>, support::Env) {
 }
 
 store::contract_suite!(fresh);
+store::reports_suite!(fresh);

@@ -21,6 +21,7 @@ mod idempotency;
 mod ops;
 mod outbox;
 mod read;
+mod reports;
 mod schema;
 mod sidecar;
 mod writer;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lifecycle::{IdNumber, Matching, Product, RecordType};
 use rusqlite::{Connection, OpenFlags};
+use store::reports::{FunnelRow, GroupBy, HandoverRow, Period, RejectionRow, Rows, StalePage, StaleQuery};
 use store::{
     Answer, Claim, CloseWonOutcome, CreateOutcome, CreateRequest, Idempotency, RecordRef, RecordWithHistory,
     RequestContext, SearchResult, Store, StoreError, StoredResponse,
@@ -172,6 +174,29 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
         rx.await.map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
+    }
+}
+
+impl SqliteStore {
+    fn reporter(&self) -> reports::Reporter {
+        reports::Reporter { readers: self.readers.clone(), source: store::reports::Source::RECORDS }
+    }
+}
+
+/// The reports from this store's own records and history.
+#[async_trait]
+impl store::Reports for SqliteStore {
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+        self.reporter().funnel(period, group_by).await
+    }
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        self.reporter().rejections(period).await
+    }
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        self.reporter().handovers(period).await
+    }
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {
+        self.reporter().stale(query).await
     }
 }
 

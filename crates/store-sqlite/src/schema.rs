@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_sidecar", include_str!("../migrations/0003_sidecar.sql")),
     ("0004_idempotency_holder", include_str!("../migrations/0004_idempotency_holder.sql")),
     ("0005_outbox", include_str!("../migrations/0005_outbox.sql")),
+    ("0006_report_indexes", include_str!("../migrations/0006_report_indexes.sql")),
     ("0007_id_number_case", include_str!("../migrations/0007_id_number_case.sql")),
 ];
 

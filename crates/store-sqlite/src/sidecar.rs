@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lifecycle::{Reason, Status};
 use rusqlite::{params, OptionalExtension};
-use store::{AuditEntry, HistoryEntry, KeyLock, Sidecar, Store, StoreError, StoredResponse};
+use store::{AuditEntry, HistoryEntry, KeyLock, Origin, Sidecar, Store, StoreError, StoredResponse};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -144,12 +144,17 @@ impl Sidecar for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO audit (record_id, record_type, match_key, from_status, to_status, at, request_id,
-                         channel, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         channel, reason, owner_id, product, converted_from)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(error)?;
             for a in &entries {
                 let e = &a.entry;
+                let (created, converted_from) = match &a.origin {
+                    Some(Origin::Created { owner_id, product }) => (Some((owner_id, product)), None),
+                    Some(Origin::ConvertedFrom(lead)) => (None, Some(lead.as_str())),
+                    None => (None, None),
+                };
                 insert
                     .execute(params![
                         a.record_id,
@@ -161,6 +166,9 @@ impl Sidecar for SqliteStore {
                         e.request_id,
                         e.channel.as_str(),
                         e.reason.as_ref().map(Reason::as_str),
+                        created.map(|(owner, _)| owner.as_str()),
+                        created.map(|(_, product)| product.as_str()),
+                        converted_from,
                     ])
                     .map_err(error)?;
             }
@@ -200,5 +208,9 @@ impl Sidecar for SqliteStore {
     async fn sidecar_ready(&self) -> Result<(), StoreError> {
         // The same check as the store's: the writer runs (records need it) and a reader answers.
         Store::ready(self).await
+    }
+
+    fn audit_reports(&self) -> Arc<dyn store::Reports> {
+        Arc::new(crate::reports::Reporter { readers: self.readers.clone(), source: store::reports::Source::AUDIT })
     }
 }

@@ -21,3 +21,5 @@ async fn with_events(events: bool) -> (Arc<dyn store::events::EventBackend>, tem
 }
 
 store::outbox_suite!(with_events);
+
+store::reports_suite!(fresh);

@@ -713,6 +713,7 @@ fn audit(record_id: &str, key: &str, from: Option<Status>, to: Status, at_micros
             channel: Channel::parse("MOBILE_APP").unwrap(),
             reason: (to == Status::CloseLost).then(|| Reason::parse("NCB_REJECTED").unwrap()),
         },
+        origin: None,
     }
 }
 

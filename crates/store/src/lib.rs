@@ -26,6 +26,11 @@ pub mod contract;
 pub mod events;
 #[cfg(feature = "contract")]
 pub mod outbox_contract;
+#[cfg(feature = "contract")]
+pub mod contract_reports;
+pub mod reports;
+
+pub use reports::Reports;
 
 /// Who asked, for the history of every status change (SPEC §1), and the `Idempotency-Key` the request
 /// holds, if any: the store records the answer with the operation itself, in one transaction, so a failure
@@ -311,11 +316,11 @@ pub trait Idempotency: Send + Sync + 'static {
     async fn purge_expired(&self) -> Result<u64, StoreError>;
 }
 
-/// A complete backend: the lifecycle store and its idempotency keys, in one place so a key's response and
-/// the records it changed live and fail together.
-pub trait Backend: Store + Idempotency {}
+/// A complete backend: the lifecycle store, its idempotency keys and its reports, in one place so a key's
+/// response and the records it changed live and fail together.
+pub trait Backend: Store + Idempotency + Reports {}
 
-impl<T: Store + Idempotency> Backend for T {}
+impl<T: Store + Idempotency + Reports> Backend for T {}
 
 /// One history entry as a CRM backend keeps it beside the CRM: the record it belongs to and its matching key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,6 +330,18 @@ pub struct AuditEntry {
     /// The matching key the record belongs to ([`lifecycle::MatchKey::expose`]).
     pub match_key: String,
     pub entry: HistoryEntry,
+    /// On the entry that creates a record: where its owner and product come from, for the reports.
+    pub origin: Option<Origin>,
+}
+
+/// What the entry creating a record tells the reports about it (a CRM's records live in the CRM, so the
+/// audit keeps the few facts the reports group by).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Made by a create: its owner and product (its channel is the entry's).
+    Created { owner_id: OwnerId, product: Product },
+    /// Made by converting this lead: it takes the lead's owner, product and channel.
+    ConvertedFrom(RecordId),
 }
 
 /// An exclusive hold on one matching key, across every replica that shares the local store. Released when
@@ -381,4 +398,7 @@ pub trait Sidecar: Idempotency {
 
     /// Whether the local store answers.
     async fn sidecar_ready(&self) -> Result<(), StoreError>;
+
+    /// The reports, computed from the audit (the CRM's records as this service made and changed them).
+    fn audit_reports(&self) -> std::sync::Arc<dyn Reports>;
 }

@@ -1,6 +1,8 @@
-//! API keys per channel (SPEC §4).
+//! API keys per channel (SPEC §4), and keys for reporting.
 //!
-//! A channel sends `Authorization: Bearer <key>`. The service holds only the SHA-256 of each key (keys are
+//! A channel sends `Authorization: Bearer <key>`. Each key has a role: a `channel` key (the default) calls
+//! the lifecycle operations and reads records; a `reporting` key reads the reports (and the dashboard's
+//! data) and nothing else. Each is refused (403 `FORBIDDEN`) where the other belongs. The service holds only the SHA-256 of each key (keys are
 //! 256 random bits, so a fast hash is enough: there is nothing to brute-force) and compares hashes in
 //! constant time. A key belongs to one channel; the body's `channel` must be that channel (checked in the
 //! handlers, which own the body). Missing or unknown key: 401 `UNAUTHENTICATED`; wrong channel: 403
@@ -21,16 +23,45 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 
-/// One configured key: the channel it belongs to and the SHA-256 of the key.
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// A digital channel: the lifecycle operations and the reads.
+    #[default]
+    Channel,
+    /// Reporting: the reports, nothing else.
+    Reporting,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "channel" => Ok(Self::Channel),
+            "reporting" => Ok(Self::Reporting),
+            other => Err(format!("role {other:?} must be channel or reporting")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Reporting => "reporting",
+        }
+    }
+}
+
+/// One configured key: the channel it belongs to (for a reporting key, the name it is logged under), its
+/// role, and the SHA-256 of the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub channel: Channel,
+    pub role: Role,
     pub sha256: [u8; 32],
 }
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey({}, sha256:…)", self.channel)
+        write!(f, "ApiKey({}, {}, sha256:…)", self.channel, self.role.as_str())
     }
 }
 
@@ -43,10 +74,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl ApiKey {
-    /// `CHANNEL:hex-sha256`, as in `CRM_API_KEYS`.
+    /// `CHANNEL:hex-sha256` (a channel key) or `reporting:NAME:hex-sha256`, as in `CRM_API_KEYS`.
     pub fn parse_entry(entry: &str) -> Result<Self, String> {
-        let (channel, hash) = entry.trim().rsplit_once(':').ok_or("must be CHANNEL:SHA256 (64 hex digits)")?;
-        Self::new(channel, hash)
+        let (name, hash) =
+            entry.trim().rsplit_once(':').ok_or("must be CHANNEL:SHA256 or reporting:NAME:SHA256 (64 hex digits)")?;
+        match name.split_once(':') {
+            Some((role, name)) => Ok(Self { role: Role::parse(role)?, ..Self::new(name, hash)? }),
+            None => Self::new(name, hash),
+        }
     }
 
     pub fn new(channel: &str, sha256_hex: &str) -> Result<Self, String> {
@@ -61,19 +96,32 @@ impl ApiKey {
         for (i, byte) in sha.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hash[i * 2..i * 2 + 2], 16).map_err(|e| e.to_string())?;
         }
-        Ok(Self { channel, sha256: sha })
+        Ok(Self { channel, role: Role::Channel, sha256: sha })
     }
 
     /// A new random key for `channel`: the key (to hand to the channel, once) and its configuration entry.
     pub fn generate(channel: &Channel) -> Result<(String, ApiKey), String> {
+        Self::generate_with(channel, Role::Channel)
+    }
+
+    /// A new random key of `role`, named `channel`.
+    pub fn generate_with(channel: &Channel, role: Role) -> Result<(String, ApiKey), String> {
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
         let key = format!("crm_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
-        Ok((key.clone(), ApiKey { channel: channel.clone(), sha256: sha256(&key) }))
+        Ok((key.clone(), ApiKey { channel: channel.clone(), role, sha256: sha256(&key) }))
     }
 
     pub fn sha256_hex(&self) -> String {
         hex(&self.sha256)
+    }
+
+    /// The entry to configure for this key, as `parse_entry` reads it.
+    pub fn entry(&self) -> String {
+        match self.role {
+            Role::Channel => format!("{}:{}", self.channel, self.sha256_hex()),
+            Role::Reporting => format!("reporting:{}:{}", self.channel, self.sha256_hex()),
+        }
     }
 }
 
@@ -86,13 +134,13 @@ impl ApiKeys {
         self.0.is_empty()
     }
 
-    /// The channel `presented` belongs to. Every configured hash is compared, in constant time.
-    pub fn authenticate(&self, presented: &str) -> Option<&Channel> {
+    /// The key `presented` is. Every configured hash is compared, in constant time.
+    pub fn authenticate(&self, presented: &str) -> Option<&ApiKey> {
         let hash = sha256(presented);
         let mut found = None;
         for key in &self.0 {
             if bool::from(key.sha256.ct_eq(&hash)) {
-                found = Some(&key.channel);
+                found = Some(key);
             }
         }
         found
@@ -127,15 +175,30 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Middleware on the API routes.
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Middleware on the channels' routes: a channel key.
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    authorize(&state, Role::Channel, request, next).await
+}
+
+/// Middleware on the reports' routes: a reporting key.
+pub async fn reporting_layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    authorize(&state, Role::Reporting, request, next).await
+}
+
+/// Lets the request through with a known key of `role`; with no keys configured (open, on loopback only),
+/// lets every request through.
+async fn authorize(state: &AppState, role: Role, mut request: Request, next: Next) -> Response {
     if state.api_keys.is_empty() {
         return next.run(request).await;
     }
-    let Some(channel) = bearer(&request).and_then(|key| state.api_keys.authenticate(key)).cloned() else {
+    let Some(key) = bearer(&request).and_then(|key| state.api_keys.authenticate(key)).cloned() else {
         return ApiError::Unauthenticated.into_response();
     };
+    let channel = key.channel;
     tracing::Span::current().record("channel", channel.as_str());
+    if key.role != role {
+        return ApiError::WrongRole.into_response();
+    }
     if let Some(slot) = request.extensions().get::<super::request_id::ChannelSlot>() {
         slot.set(channel.as_str());
     }
@@ -156,8 +219,8 @@ mod tests {
         assert_eq!(parsed, entry);
         let (other_key, other) = ApiKey::generate(&Channel::parse("LENDING").unwrap()).unwrap();
         let keys = ApiKeys(vec![entry, other]);
-        assert_eq!(keys.authenticate(&key), Some(&mobile));
-        assert_eq!(keys.authenticate(&other_key).map(Channel::as_str), Some("LENDING"));
+        assert_eq!(keys.authenticate(&key).map(|k| &k.channel), Some(&mobile));
+        assert_eq!(keys.authenticate(&other_key).map(|k| k.channel.as_str()), Some("LENDING"));
         assert_eq!(keys.authenticate("crm_guess"), None);
         assert_eq!(keys.authenticate(""), None);
         assert!(!format!("{keys:?}").contains(&parsed.sha256_hex()), "Debug hides hashes");
@@ -170,5 +233,21 @@ mod tests {
         assert!(ApiKey::parse_entry(&format!(":{}", "a".repeat(64))).is_err());
         assert!(ApiKey::parse_entry(&format!("M:{}", "g".repeat(64))).is_err());
         assert!(ApiKey::parse_entry(&format!("M:{}", "A".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn reporting_entries_carry_their_role() {
+        let hash = "a".repeat(64);
+        let key = ApiKey::parse_entry(&format!("reporting:ANALYTICS:{hash}")).unwrap();
+        assert_eq!((key.channel.as_str(), key.role), ("ANALYTICS", Role::Reporting));
+        assert_eq!(ApiKey::parse_entry(&key.entry()).unwrap(), key);
+        assert_eq!(ApiKey::parse_entry(&format!("channel:MOBILE_APP:{hash}")).unwrap().role, Role::Channel);
+        assert_eq!(ApiKey::parse_entry(&format!("MOBILE_APP:{hash}")).unwrap().role, Role::Channel);
+        assert!(ApiKey::parse_entry(&format!("admin:X:{hash}")).is_err());
+        let (secret, generated) =
+            ApiKey::generate_with(&Channel::parse("ANALYTICS").unwrap(), Role::Reporting).unwrap();
+        let keys = ApiKeys(vec![generated.clone()]);
+        assert_eq!(keys.authenticate(&secret).map(|k| k.role), Some(Role::Reporting));
+        assert_eq!(ApiKey::parse_entry(&generated.entry()).unwrap(), generated);
     }
 }

@@ -73,6 +73,10 @@ pub enum ApiError {
     /// 403 `FORBIDDEN`: the API key belongs to another channel than the body's `channel`.
     #[error("forbidden")]
     Forbidden,
+    /// 403 `FORBIDDEN`: the API key's role does not allow this path (a channel key on the reports, a
+    /// reporting key anywhere else).
+    #[error("forbidden for the key's role")]
+    WrongRole,
     /// 404 `NOT_FOUND`: unknown record or path.
     #[error("not found")]
     NotFound(&'static str),
@@ -128,7 +132,7 @@ impl ApiError {
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Payload too large"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED", "Validation failed"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "Unauthenticated"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN", "Forbidden"),
+            Self::Forbidden | Self::WrongRole => (StatusCode::FORBIDDEN, "FORBIDDEN", "Forbidden"),
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed"),
             Self::InvalidTransition(_) => (StatusCode::CONFLICT, "INVALID_TRANSITION", "Invalid transition"),
@@ -161,6 +165,9 @@ impl ApiError {
             Self::NotFound(what) => format!("No {what} has that id."),
             Self::Unauthenticated => "Send the channel's API key as Authorization: Bearer <key>.".into(),
             Self::Forbidden => "This API key belongs to another channel than the request's channel.".into(),
+            Self::WrongRole => "This API key's role does not allow this path: the reports need a reporting key, \
+                everything else a channel's key."
+                .into(),
             Self::NoRoute => "There is nothing at this path; the API is described at /docs.".into(),
             Self::MethodNotAllowed => "This path does not accept that method.".into(),
             Self::InvalidTransition(why) => why.clone(),

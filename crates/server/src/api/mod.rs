@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod dashboard;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod fields;
 pub mod handlers;
 pub mod idempotency;
 pub mod overload;
+pub mod reports;
 pub mod request_id;
 pub mod responses;
 
@@ -65,12 +67,13 @@ pub struct AppState {
     paths(
         handlers::create, handlers::close_won, handlers::close_lost_opportunity, handlers::close_lost_lead,
         handlers::get_lead, handlers::get_opportunity, handlers::search, handlers::live, handlers::ready,
-        handlers::metrics,
+        handlers::metrics, reports::funnel, reports::rejections, reports::handovers, reports::stale,
     ),
     tags(
         (name = "lifecycle", description = "The four operations channels call, in the order of a journey"),
         (name = "reading", description = "Records and their history"),
         (name = "operations", description = "Health"),
+        (name = "reports", description = "Reports for a reporting API key (docs/reports.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -152,15 +155,25 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .route_layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
         .with_state(state.clone());
+    let reports = Router::new()
+        .route(&format!("{API_INT}/reports/funnel"), get(reports::funnel))
+        .route(&format!("{API_INT}/reports/rejections"), get(reports::rejections))
+        .route(&format!("{API_INT}/reports/handovers"), get(reports::handovers))
+        .route(&format!("{API_INT}/reports/stale"), get(reports::stale))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::reporting_layer))
+        .route_layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
+        .with_state(state.clone());
     let operations = Router::new()
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))
+        .route("/dashboard", get(dashboard::page))
         .with_state(state.clone());
     let document = openapi(!state.api_keys.is_empty(), state.rate_limit.is_some());
     let docs = SwaggerUi::new("/docs").url("/openapi.json", document);
     Router::new()
         .merge(api)
+        .merge(reports)
         .merge(operations)
         .merge(docs)
         .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))

@@ -21,4 +21,5 @@ mod idempotency;
 mod observability;
 mod operations;
 mod reading;
+mod reports;
 mod salesforce;

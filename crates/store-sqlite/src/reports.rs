@@ -1,0 +1,218 @@
+//! [`store::Reports`] on SQLite, from one of two relations of the same shape (migration 0006): this store's
+//! own records and history, or the audit a CRM backend keeps here. The queries are written once for both.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lifecycle::{Channel, OwnerId, Product, Reason, RecordType, Status};
+use rusqlite::{params, Connection, Row};
+use store::reports::{
+    FunnelRow, GroupBy, HandoverRow, Period, RejectionRow, Reports, Rows, Source, StalePage, StaleQuery, StaleRecord,
+    MAX_GROUPS,
+};
+use store::StoreError;
+
+use crate::read::{error, format_time, parse_time, Readers};
+
+/// The reports of one source, read on the reader connections.
+pub(crate) struct Reporter {
+    pub(crate) readers: Arc<Readers>,
+    pub(crate) source: Source,
+}
+
+const PERIOD: &str =
+    "created_at >= ?1 AND created_at < ?2 AND (?3 IS NULL OR channel = ?3) AND (?4 IS NULL OR product = ?4)";
+
+fn group_expr(group_by: GroupBy) -> &'static str {
+    match group_by {
+        GroupBy::Channel => "channel",
+        GroupBy::Product => "product",
+        GroupBy::Owner => "owner_id",
+        GroupBy::Day => "substr(created_at, 1, 10)",
+    }
+}
+
+fn count(r: &Row<'_>, i: usize) -> Result<u64, StoreError> {
+    Ok(r.get::<_, Option<i64>>(i).map_err(error)?.unwrap_or(0).max(0) as u64)
+}
+
+fn funnel(conn: &Connection, s: Source, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+    let g = group_expr(group_by);
+    let records = s.records;
+    let args = period_args(period);
+    let counts = format!(
+        "SELECT {g} AS g,
+                SUM(record_type = 'LEAD'),
+                SUM(record_type = 'OPPORTUNITY' AND NOT converted),
+                SUM(converted),
+                SUM(NOT converted AND status = 'Close Won'),
+                SUM(NOT converted AND status = 'Close Lost'),
+                SUM(status IN ('New Lead', 'New Opportunity'))
+         FROM {records} WHERE {PERIOD}
+         GROUP BY g ORDER BY g LIMIT {}",
+        MAX_GROUPS + 1
+    );
+    let mut stmt = conn.prepare_cached(&counts).map_err(error)?;
+    let mut rows = stmt.query(args.clone()).map_err(error)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(error)? {
+        out.push(FunnelRow {
+            group: r.get::<_, Option<String>>(0).map_err(error)?.unwrap_or_default(),
+            leads: count(r, 1)?,
+            opportunities: count(r, 2)?,
+            converted: count(r, 3)?,
+            close_won: count(r, 4)?,
+            close_lost: count(r, 5)?,
+            open: count(r, 6)?,
+            median_seconds_to_close: None,
+        });
+    }
+    // The median per group: the middle one (or two) of each group's closed records, ranked by duration.
+    let medians = format!(
+        "SELECT g, AVG(s) FROM (
+             SELECT g, s, ROW_NUMBER() OVER (PARTITION BY g ORDER BY s) AS rn, COUNT(*) OVER (PARTITION BY g) AS n
+             FROM (SELECT {g} AS g, unixepoch(closed_at, 'subsec') - unixepoch(created_at, 'subsec') AS s
+                   FROM {records} WHERE {PERIOD} AND NOT converted AND closed_at IS NOT NULL))
+         WHERE rn IN ((n + 1) / 2, (n + 2) / 2) GROUP BY g"
+    );
+    let mut stmt = conn.prepare_cached(&medians).map_err(error)?;
+    let found = stmt
+        .query_map(args, |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get::<_, Option<f64>>(1)?)))
+        .map_err(error)?
+        .collect::<Result<HashMap<_, _>, _>>()
+        .map_err(error)?;
+    for row in &mut out {
+        row.median_seconds_to_close = found.get(&row.group).copied().flatten();
+    }
+    Ok(Rows::capped(out))
+}
+
+fn rejections(conn: &Connection, s: Source, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+    let sql = format!(
+        "SELECT h.reason, r.channel, r.product, COUNT(*) AS n
+         FROM {history} h JOIN {records} r ON r.id = h.record_id
+         WHERE h.to_status = 'Close Lost' AND h.at >= ?1 AND h.at < ?2
+           AND (?3 IS NULL OR r.channel = ?3) AND (?4 IS NULL OR r.product = ?4)
+         GROUP BY h.reason, r.channel, r.product
+         ORDER BY n DESC, COALESCE(h.reason, ''), r.channel, r.product LIMIT {limit}",
+        history = s.history,
+        records = s.records,
+        limit = MAX_GROUPS + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
+    let mut rows = stmt.query(period_args(period)).map_err(error)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(error)? {
+        out.push(RejectionRow {
+            reason: r.get::<_, Option<String>>(0).map_err(error)?.map(Reason::from_stored),
+            channel: Channel::from_stored(r.get(1).map_err(error)?),
+            product: Product::from_stored(r.get(2).map_err(error)?),
+            count: count(r, 3)?,
+        });
+    }
+    Ok(Rows::capped(out))
+}
+
+fn period_args(period: &Period) -> [Option<String>; 4] {
+    [
+        Some(format_time(period.from())),
+        Some(format_time(period.to())),
+        period.channel.as_ref().map(|c| c.as_str().to_owned()),
+        period.product.as_ref().map(|p| p.as_str().to_owned()),
+    ]
+}
+
+fn handovers(conn: &Connection, s: Source, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+    // A replacement closes the old records and creates the new one in one step, at one instant, on one key.
+    let sql = format!(
+        "SELECT o.owner_id, n.owner_id, COUNT(*) AS c
+         FROM {history} h
+         JOIN {records} o ON o.id = h.record_id
+         JOIN {records} n ON n.match_key = o.match_key AND n.record_type = o.record_type AND n.created_at = h.at
+                          AND n.id <> o.id
+         WHERE h.to_status = 'Close Lost' AND h.reason = 'OWNER_CHANGED' AND h.at >= ?1 AND h.at < ?2
+           AND (?3 IS NULL OR o.channel = ?3) AND (?4 IS NULL OR o.product = ?4)
+         GROUP BY o.owner_id, n.owner_id
+         ORDER BY c DESC, o.owner_id, n.owner_id LIMIT {limit}",
+        history = s.history,
+        records = s.records,
+        limit = MAX_GROUPS + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
+    let mut rows = stmt.query(period_args(period)).map_err(error)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(error)? {
+        out.push(HandoverRow {
+            from_owner: OwnerId::from_stored(r.get(0).map_err(error)?),
+            to_owner: OwnerId::from_stored(r.get(1).map_err(error)?),
+            count: count(r, 2)?,
+        });
+    }
+    Ok(Rows::capped(out))
+}
+
+fn stale(conn: &Connection, s: Source, query: &StaleQuery) -> Result<StalePage, StoreError> {
+    let sql = format!(
+        "SELECT seq, id, record_type, status, owner_id, channel, product, created_at FROM {records}
+         WHERE status IN ('New Lead', 'New Opportunity') AND created_at < ?1 AND (created_at, seq) > (?2, ?3)
+           AND (?4 IS NULL OR channel = ?4) AND (?5 IS NULL OR product = ?5)
+         ORDER BY created_at, seq LIMIT ?6",
+        records = s.records
+    );
+    // Without a cursor: from before any record.
+    let (after, seq) = match &query.after {
+        Some(c) => (format_time(c.created_at), c.seq),
+        None => (String::new(), i64::MIN),
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
+    let mut rows = stmt
+        .query(params![
+            format_time(query.cutoff()),
+            after,
+            seq,
+            query.channel.as_ref().map(Channel::as_str),
+            query.product.as_ref().map(Product::as_str),
+            query.limit(),
+        ])
+        .map_err(error)?;
+    let bad = StoreError::internal;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(error)? {
+        let text = |i: usize| r.get::<_, String>(i).map_err(error);
+        out.push(StaleRecord {
+            seq: r.get(0).map_err(error)?,
+            id: text(1)?,
+            record_type: RecordType::parse(&text(2)?).map_err(bad)?,
+            status: Status::parse(&text(3)?).map_err(bad)?,
+            owner_id: OwnerId::from_stored(text(4)?),
+            channel: Channel::from_stored(text(5)?),
+            product: Product::from_stored(text(6)?),
+            created_at: parse_time(&text(7)?)?,
+        });
+    }
+    Ok(StalePage::new(out, query))
+}
+
+#[async_trait]
+impl Reports for Reporter {
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError> {
+        let (s, period) = (self.source, period.clone());
+        self.readers.run(move |conn| funnel(conn, s, &period, group_by)).await
+    }
+
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        let (s, period) = (self.source, period.clone());
+        self.readers.run(move |conn| rejections(conn, s, &period)).await
+    }
+
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        let (s, period) = (self.source, period.clone());
+        self.readers.run(move |conn| handovers(conn, s, &period)).await
+    }
+
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {
+        let (s, query) = (self.source, query.clone());
+        self.readers.run(move |conn| stale(conn, s, &query)).await
+    }
+}

@@ -1,0 +1,311 @@
+//! The reporting port: what the reports of the service (the funnel, close-lost reasons, hand-overs between
+//! relationship managers, stale open records) ask of a backend, and the bounds every question carries.
+//!
+//! The SQL adapters answer from their records and history; a CRM backend answers from the audit its local
+//! store keeps (see [`crate::Sidecar::audit_reports`]). Every question is bounded: a period of at most
+//! [`MAX_SPAN_DAYS`], at most [`MAX_GROUPS`] groups, pages of at most [`MAX_PAGE`] stale records. Answers hold
+//! no personal data: record ids, owner codes, channels, products, reasons and counts only.
+
+use async_trait::async_trait;
+use lifecycle::{Channel, OwnerId, Product, Reason, RecordId, RecordType, Status};
+use time::{Duration, OffsetDateTime};
+
+use crate::StoreError;
+
+/// The longest period a report covers.
+pub const MAX_SPAN_DAYS: i64 = 366;
+/// The most groups (or rows) one report answers; beyond that the answer says it was truncated.
+pub const MAX_GROUPS: usize = 1000;
+/// The most stale records in one page.
+pub const MAX_PAGE: u32 = 500;
+
+/// Why a report's question was refused, naming the parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("must be after `from`")]
+    Empty,
+    #[error("the period must be at most {MAX_SPAN_DAYS} days")]
+    TooLong,
+    #[error("must be 1-{MAX_PAGE}")]
+    Page,
+    #[error("must be 1-3650")]
+    Days,
+}
+
+/// A half-open period `[from, to)`, at most [`MAX_SPAN_DAYS`] long, with optional filters on the records'
+/// channel and product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    pub channel: Option<Channel>,
+    pub product: Option<Product>,
+}
+
+impl Period {
+    pub fn new(from: OffsetDateTime, to: OffsetDateTime) -> Result<Self, QueryError> {
+        if to <= from {
+            return Err(QueryError::Empty);
+        }
+        if to - from > Duration::days(MAX_SPAN_DAYS) {
+            return Err(QueryError::TooLong);
+        }
+        Ok(Self { from, to, channel: None, product: None })
+    }
+
+    pub fn with_filters(mut self, channel: Option<Channel>, product: Option<Product>) -> Self {
+        self.channel = channel;
+        self.product = product;
+        self
+    }
+
+    pub fn from(&self) -> OffsetDateTime {
+        self.from
+    }
+
+    pub fn to(&self) -> OffsetDateTime {
+        self.to
+    }
+}
+
+/// What the funnel's groups are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Channel,
+    Product,
+    Owner,
+    /// The UTC day of creation, `YYYY-MM-DD`.
+    Day,
+}
+
+/// One group of the funnel: records created in the period, and where they stand now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelRow {
+    pub group: String,
+    /// Leads created.
+    pub leads: u64,
+    /// Opportunities created by a create (not by converting a lead).
+    pub opportunities: u64,
+    /// Opportunities made by converting a lead, in the period.
+    pub converted: u64,
+    /// Of the leads and opportunities created, how many are `Close Won` now.
+    pub close_won: u64,
+    /// ... `Close Lost` now.
+    pub close_lost: u64,
+    /// ... still open now.
+    pub open: u64,
+    /// Median of the time from creation to closing (won or lost), over the closed ones; `None` when none
+    /// is closed.
+    pub median_seconds_to_close: Option<f64>,
+}
+
+impl FunnelRow {
+    /// `close_won / (leads + opportunities)`; `None` when nothing was created.
+    pub fn conversion_rate(&self) -> Option<f64> {
+        let created = self.leads + self.opportunities;
+        (created > 0).then(|| self.close_won as f64 / created as f64)
+    }
+}
+
+/// Close-lost changes in the period, by reason and the record's channel and product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionRow {
+    /// `None` for a close without a reason.
+    pub reason: Option<Reason>,
+    pub channel: Channel,
+    pub product: Product,
+    pub count: u64,
+}
+
+/// Owner changes in the period: records of `from_owner` closed (`OWNER_CHANGED`) and replaced by one of
+/// `to_owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverRow {
+    pub from_owner: OwnerId,
+    pub to_owner: OwnerId,
+    pub count: u64,
+}
+
+/// Rows of a report, at most [`MAX_GROUPS`], and whether more were left off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows<T> {
+    pub rows: Vec<T>,
+    pub truncated: bool,
+}
+
+impl<T> Rows<T> {
+    /// From up to `MAX_GROUPS + 1` rows (adapters ask for one more than they answer).
+    pub fn capped(mut rows: Vec<T>) -> Self {
+        let truncated = rows.len() > MAX_GROUPS;
+        rows.truncate(MAX_GROUPS);
+        Self { rows, truncated }
+    }
+}
+
+/// Where a page of stale records ends: the creation time and insertion order of its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleCursor {
+    pub created_at: OffsetDateTime,
+    pub seq: i64,
+}
+
+impl StaleCursor {
+    /// `<microseconds since the epoch>.<seq>`, as the API hands it out.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at.unix_timestamp_nanos() / 1000, self.seq)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (micros, seq) = s.split_once('.')?;
+        let digits = |t: &str| !t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(micros) || !digits(seq) {
+            return None;
+        }
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros.parse::<i128>().ok()? * 1000).ok()?;
+        Some(Self { created_at, seq: seq.parse().ok()? })
+    }
+}
+
+/// Open records created before `now - older_than_days`, oldest first, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleQuery {
+    cutoff: OffsetDateTime,
+    limit: u32,
+    pub after: Option<StaleCursor>,
+    pub channel: Option<Channel>,
+    pub product: Option<Product>,
+}
+
+impl StaleQuery {
+    pub fn new(now: OffsetDateTime, older_than_days: u32, limit: u32) -> Result<Self, QueryError> {
+        if !(1..=3650).contains(&older_than_days) {
+            return Err(QueryError::Days);
+        }
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(QueryError::Page);
+        }
+        let cutoff = now - Duration::days(i64::from(older_than_days));
+        Ok(Self { cutoff, limit, after: None, channel: None, product: None })
+    }
+
+    /// Records created strictly before this are stale.
+    pub fn cutoff(&self) -> OffsetDateTime {
+        self.cutoff
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+}
+
+/// One stale open record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleRecord {
+    pub id: RecordId,
+    pub record_type: RecordType,
+    pub status: Status,
+    pub owner_id: OwnerId,
+    pub channel: Channel,
+    pub product: Product,
+    pub created_at: OffsetDateTime,
+    pub seq: i64,
+}
+
+/// A page of stale records; `next` continues after it when the page is full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalePage {
+    pub records: Vec<StaleRecord>,
+    pub next: Option<StaleCursor>,
+}
+
+impl StalePage {
+    /// From the rows a query returned for `query` (at most its limit).
+    pub fn new(records: Vec<StaleRecord>, query: &StaleQuery) -> Self {
+        let next = (records.len() == query.limit as usize)
+            .then(|| records.last().map(|r| StaleCursor { created_at: r.created_at, seq: r.seq }))
+            .flatten();
+        Self { records, next }
+    }
+}
+
+/// The two relations a SQL adapter's report queries read (migration 0006 of each adapter): one row per
+/// record (`seq, id, record_type, status, owner_id, channel, product, match_key, created_at, closed_at,
+/// converted`) and one per status change (`record_id, to_status, at, reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub records: &'static str,
+    pub history: &'static str,
+}
+
+impl Source {
+    /// The store's own records and history.
+    pub const RECORDS: Source = Source { records: "report_records", history: "history" };
+    /// A CRM backend's audit.
+    pub const AUDIT: Source = Source { records: "audit_records", history: "audit" };
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count); `None` when empty.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+}
+
+/// The reports every backend answers. Each call reads, never writes, and is bounded (see the module).
+#[async_trait]
+pub trait Reports: Send + Sync + 'static {
+    /// Records created in the period, grouped, with where they stand now; groups in ascending order.
+    async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError>;
+
+    /// Close-lost changes in the period, most frequent first.
+    async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError>;
+
+    /// Owner changes in the period, most frequent first.
+    async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError>;
+
+    /// Open records older than the query's cutoff, oldest first.
+    async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_bounded() {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        assert_eq!(Period::new(t, t), Err(QueryError::Empty));
+        assert_eq!(Period::new(t, t - Duration::SECOND), Err(QueryError::Empty));
+        assert!(Period::new(t, t + Duration::days(MAX_SPAN_DAYS)).is_ok());
+        assert_eq!(Period::new(t, t + Duration::days(MAX_SPAN_DAYS) + Duration::SECOND), Err(QueryError::TooLong));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_junk() {
+        let c = StaleCursor { created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(), seq: 42 };
+        assert_eq!(StaleCursor::parse(&c.encode()), Some(c));
+        for junk in ["", ".", "1.", ".1", "-1.2", "1.-2", "a.b", "1.2.3", "99999999999999999999.1", "1e3.1"] {
+            assert_eq!(StaleCursor::parse(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0]), Some(3.0));
+        assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), Some(3.0));
+    }
+
+    #[test]
+    fn stale_queries_are_bounded() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        assert_eq!(StaleQuery::new(now, 0, 10), Err(QueryError::Days));
+        assert_eq!(StaleQuery::new(now, 30, 0), Err(QueryError::Page));
+        assert_eq!(StaleQuery::new(now, 30, MAX_PAGE + 1), Err(QueryError::Page));
+        assert_eq!(StaleQuery::new(now, 30, 10).unwrap().cutoff(), now - Duration::days(30));
+    }
+}
