@@ -23,11 +23,11 @@ mod claim;
 
 #[cfg(feature = "contract")]
 pub mod contract;
+#[cfg(feature = "contract")]
+pub mod contract_reports;
 pub mod events;
 #[cfg(feature = "contract")]
 pub mod outbox_contract;
-#[cfg(feature = "contract")]
-pub mod contract_reports;
 pub mod reports;
 
 pub use reports::Reports;
