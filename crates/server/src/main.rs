@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use integration_service::api::auth::{ApiKey, Role};
-use integration_service::config::{Overrides, Settings, StoreUrl};
-use integration_service::startup::{pg_config, shutdown_signal, Application, Opened};
+use integration_service::config::{Overrides, Settings};
+use integration_service::startup::{self, shutdown_signal, Application, Opened};
 use integration_service::telemetry;
 
 /// mimalloc instead of the C library's allocator: a request allocates and frees dozens of small blocks
@@ -112,27 +112,12 @@ fn check(settings: &Settings) -> ExitCode {
 }
 
 fn migrate(settings: &Settings) -> ExitCode {
-    let local;
-    let store = match (&settings.store, &settings.salesforce) {
-        (StoreUrl::Salesforce, Some(sf)) => match StoreUrl::parse(&sf.local_store) {
-            Ok(url) => {
-                local = url;
-                &local
-            }
-            Err(e) => return fail(e),
-        },
-        (other, _) => other,
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    let applied = match store {
-        StoreUrl::Sqlite(path) => store_sqlite::migrate(path).map_err(|e| e.to_string()),
-        StoreUrl::Postgres(url) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(store_postgres::migrate(&pg_config(settings, url))).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("cannot start the runtime: {e}")),
-        },
-        StoreUrl::Salesforce => Err("migrate: salesforce.local_store cannot be salesforce".into()),
-    };
-    match applied {
-        Ok(n) => {
+    match runtime.block_on(startup::migrate(settings)) {
+        Ok((store, n)) => {
             println!("{store:?}: {n} migration(s) applied");
             ExitCode::SUCCESS
         }

@@ -34,6 +34,34 @@ pub enum StartError {
     SalesforceSettings(&'static str),
 }
 
+/// The database a store's data is kept in: the store itself, or for Salesforce, the local store beside the
+/// org (idempotency keys, key locks, audit).
+fn local_store(settings: &Settings) -> Result<StoreUrl, StartError> {
+    if settings.store != StoreUrl::Salesforce {
+        return Ok(settings.store.clone());
+    }
+    let config = settings.salesforce.as_ref().ok_or(StartError::SalesforceSettings("no [salesforce] section"))?;
+    let local = StoreUrl::parse(&config.local_store)
+        .map_err(|_| StartError::SalesforceSettings("salesforce.local_store must be sqlite:// or postgres://"))?;
+    if local == StoreUrl::Salesforce {
+        return Err(StartError::SalesforceSettings("salesforce.local_store cannot be salesforce"));
+    }
+    Ok(local)
+}
+
+/// Applies the pending migrations of the database the settings' store keeps its data in (for Salesforce,
+/// its local store), without opening it for service: the store and how many migrations ran.
+/// ([`Opened::open`] migrates too, before it serves.)
+pub async fn migrate(settings: &Settings) -> Result<(StoreUrl, usize), StartError> {
+    let store = local_store(settings)?;
+    let applied = match &store {
+        StoreUrl::Sqlite(path) => store_sqlite::migrate(path)?,
+        StoreUrl::Postgres(url) => store_postgres::migrate(&pg_config(settings, url)).await?,
+        StoreUrl::Salesforce => unreachable!("local_store is never salesforce"),
+    };
+    Ok((store, applied))
+}
+
 /// The backend, kept concrete so shutdown can drain it.
 pub enum Opened {
     Sqlite(Arc<SqliteStore>),
@@ -62,12 +90,7 @@ impl Opened {
             StoreUrl::Salesforce => {
                 let config =
                     settings.salesforce.clone().ok_or(StartError::SalesforceSettings("no [salesforce] section"))?;
-                let local_url = StoreUrl::parse(&config.local_store).map_err(|_| {
-                    StartError::SalesforceSettings("salesforce.local_store must be sqlite:// or postgres://")
-                })?;
-                if local_url == StoreUrl::Salesforce {
-                    return Err(StartError::SalesforceSettings("salesforce.local_store cannot be salesforce"));
-                }
+                let local_url = local_store(settings)?;
                 let local = Box::pin(Self::open_at(settings, &local_url)).await?;
                 let sidecar: Arc<dyn Sidecar> = match &local {
                     Self::Sqlite(s) => s.clone(),

@@ -249,6 +249,26 @@ fn migrate_applies_embedded_migrations_once() {
     assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"), "{second:?}");
 }
 
+/// On Salesforce, `migrate` migrates the local store beside the org, without calling the org.
+#[test]
+fn migrate_on_salesforce_migrates_its_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = format!("sqlite://{}", dir.path().join("local.db").display());
+    let out = Command::new(BIN)
+        .args(["migrate", "--store", "salesforce"])
+        .env("CRM_SALESFORCE_INSTANCE_URL", "https://127.0.0.1:9")
+        .env("CRM_SALESFORCE_AUTH", "client_credentials")
+        .env("CRM_SALESFORCE_CLIENT_ID", "test-client")
+        .env("CRM_SALESFORCE_CLIENT_SECRET", "test-secret")
+        .env("CRM_SALESFORCE_LOCAL_STORE", &local)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let applied = format!("{} migration(s) applied", store_sqlite::MIGRATIONS.len());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&applied), "{out:?}");
+    assert!(dir.path().join("local.db").exists());
+}
+
 /// A container needs no file: the settings come from the environment of the real binary, and take effect.
 #[tokio::test]
 async fn every_setting_can_come_from_the_environment() {
