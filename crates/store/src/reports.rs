@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use lifecycle::{Channel, OwnerId, Product, Reason, RecordId, RecordType, Status};
-use time::{Duration, OffsetDateTime};
+use time::{Date, Duration, OffsetDateTime, Time};
 
 use crate::StoreError;
 
@@ -22,10 +22,6 @@ pub const MAX_PAGE: u32 = 500;
 /// Why a report's question was refused, naming the parameter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("must be after `from`")]
-    Empty,
-    #[error("the period must be at most {MAX_SPAN_DAYS} days")]
-    TooLong,
     #[error("must be 1-{MAX_PAGE}")]
     Page,
     #[error("must be 1-3650")]
@@ -34,6 +30,10 @@ pub enum QueryError {
 
 /// A half-open period `[from, to)`, at most [`MAX_SPAN_DAYS`] long, with optional filters on the records'
 /// channel and product.
+///
+/// Any two instants make a period, so no pair of well-formed dates is refused: a `to` not after `from` makes
+/// the period empty (it ends where it starts), and a longer span keeps its last [`MAX_SPAN_DAYS`] days (the
+/// answer's `from` says where it starts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Period {
     from: OffsetDateTime,
@@ -43,14 +43,15 @@ pub struct Period {
 }
 
 impl Period {
-    pub fn new(from: OffsetDateTime, to: OffsetDateTime) -> Result<Self, QueryError> {
-        if to <= from {
-            return Err(QueryError::Empty);
-        }
-        if to - from > Duration::days(MAX_SPAN_DAYS) {
-            return Err(QueryError::TooLong);
-        }
-        Ok(Self { from, to, channel: None, product: None })
+    pub fn new(from: OffsetDateTime, to: OffsetDateTime) -> Self {
+        let to = to.max(from);
+        let from = to.checked_sub(Duration::days(MAX_SPAN_DAYS)).map_or(from, |earliest| from.max(earliest));
+        Self { from, to, channel: None, product: None }
+    }
+
+    /// Whether no instant is in it.
+    pub fn is_empty(&self) -> bool {
+        self.from == self.to
     }
 
     pub fn with_filters(mut self, channel: Option<Channel>, product: Option<Product>) -> Self {
@@ -150,18 +151,24 @@ pub struct StaleCursor {
 }
 
 impl StaleCursor {
+    /// What [`StaleCursor::parse`] accepts, as a regular expression.
+    pub const PATTERN: &'static str = r"^[0-9]{1,18}\.[0-9]{1,18}$";
+
     /// `<microseconds since the epoch>.<seq>`, as the API hands it out.
     pub fn encode(&self) -> String {
         format!("{}.{}", self.created_at.unix_timestamp_nanos() / 1000, self.seq)
     }
 
+    /// Any `<digits>.<digits>` of 1 to 18 digits each ([`StaleCursor::PATTERN`]); nothing else.
     pub fn parse(s: &str) -> Option<Self> {
         let (micros, seq) = s.split_once('.')?;
         let digits = |t: &str| !t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit());
         if !digits(micros) || !digits(seq) {
             return None;
         }
-        let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros.parse::<i128>().ok()? * 1000).ok()?;
+        // Beyond the last representable instant, the cursor is after every record: the page is empty.
+        let last = Date::MAX.with_time(Time::MAX).assume_utc();
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros.parse::<i128>().ok()? * 1000).unwrap_or(last);
         Some(Self { created_at, seq: seq.parse().ok()? })
     }
 }
@@ -277,19 +284,33 @@ mod tests {
     #[test]
     fn periods_are_bounded() {
         let t = OffsetDateTime::UNIX_EPOCH;
-        assert_eq!(Period::new(t, t), Err(QueryError::Empty));
-        assert_eq!(Period::new(t, t - Duration::SECOND), Err(QueryError::Empty));
-        assert!(Period::new(t, t + Duration::days(MAX_SPAN_DAYS)).is_ok());
-        assert_eq!(Period::new(t, t + Duration::days(MAX_SPAN_DAYS) + Duration::SECOND), Err(QueryError::TooLong));
+        let ends = |p: Period| (p.from(), p.to(), p.is_empty());
+        assert_eq!(ends(Period::new(t, t)), (t, t, true));
+        // A `to` before `from`: empty, where it starts.
+        assert_eq!(ends(Period::new(t, t - Duration::SECOND)), (t, t, true));
+        let year = Duration::days(MAX_SPAN_DAYS);
+        assert_eq!(ends(Period::new(t, t + Duration::SECOND)), (t, t + Duration::SECOND, false));
+        assert_eq!(ends(Period::new(t, t + year)), (t, t + year, false));
+        // Longer: its last MAX_SPAN_DAYS days.
+        assert_eq!(ends(Period::new(t - Duration::SECOND, t + year)), (t, t + year, false));
+        assert_eq!(ends(Period::new(t - year * 10, t)), (t - year, t, false));
+        // At the ends of time, nothing overflows.
+        let (min, max) = (Date::MIN.midnight().assume_utc(), Date::MAX.midnight().assume_utc());
+        assert_eq!(ends(Period::new(min, max)), (max - year, max, false));
+        assert_eq!(ends(Period::new(min, min + Duration::DAY)), (min, min + Duration::DAY, false));
     }
 
     #[test]
     fn cursors_round_trip_and_refuse_junk() {
         let c = StaleCursor { created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(), seq: 42 };
         assert_eq!(StaleCursor::parse(&c.encode()), Some(c));
-        for junk in ["", ".", "1.", ".1", "-1.2", "1.-2", "a.b", "1.2.3", "99999999999999999999.1", "1e3.1"] {
+        for junk in ["", ".", "1.", ".1", "-1.2", "1.-2", "a.b", "1.2.3", "9999999999999999999.1", "1e3.1", " 1.2"] {
             assert_eq!(StaleCursor::parse(junk), None, "{junk}");
         }
+        // Every cursor of the pattern parses; one past the end of time is after every record.
+        let far = StaleCursor::parse("999999999999999999.999999999999999999").unwrap();
+        assert_eq!((far.created_at.year(), far.seq), (9999, 999_999_999_999_999_999));
+        assert_eq!(StaleCursor::parse("0.0").unwrap().created_at, OffsetDateTime::UNIX_EPOCH);
     }
 
     #[test]

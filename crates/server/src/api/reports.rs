@@ -11,12 +11,14 @@ use axum::extract::{Query, State};
 use axum::Json;
 use lifecycle::{Channel, Product};
 use serde::{Deserialize, Serialize};
-use store::reports::{GroupBy, Period, QueryError, StaleCursor, StaleQuery};
+use store::reports::{GroupBy, Period, StaleCursor, StaleQuery};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, Duration, OffsetDateTime, Time};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 
+use super::dto::schema;
 use super::error::{ApiError, FieldError, Problem};
 use super::AppState;
 
@@ -59,14 +61,19 @@ fn clip(name: &str) -> String {
     name.chars().filter(|c| c.is_ascii_graphic()).take(40).collect()
 }
 
-/// `YYYY-MM-DD` (midnight UTC; as `to`, the whole day is included) or an RFC 3339 date-time.
+/// `YYYY-MM-DD` (midnight UTC; as `to`, the whole day is included) or an RFC 3339 date-time. The end of
+/// the last representable day stands for the start of the next.
 fn instant(value: &str, end_of_day: bool) -> Option<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(value, &Rfc3339) {
         return Some(t);
     }
     let day = Date::parse(value, format_description!("[year]-[month]-[day]")).ok()?;
     let start = day.with_time(Time::MIDNIGHT).assume_utc();
-    Some(if end_of_day { start.checked_add(Duration::DAY)? } else { start })
+    Some(match (end_of_day, day.next_day()) {
+        (false, _) => start,
+        (true, Some(next)) => next.with_time(Time::MIDNIGHT).assume_utc(),
+        (true, None) => day.with_time(Time::MAX).assume_utc(),
+    })
 }
 
 /// Collects the errors of every parameter before answering.
@@ -101,18 +108,14 @@ impl Check {
             }),
         };
         let from = match (q.get("from"), to) {
-            (None, Some(to)) => to.checked_sub(Duration::days(DEFAULT_DAYS)),
+            (None, Some(to)) => Some(to.saturating_sub(Duration::days(DEFAULT_DAYS))),
             (None, None) => None,
             (Some(v), _) => instant(v, false).or_else(|| {
                 self.fail("from", FORMAT);
                 None
             }),
         };
-        let period = Period::new(from?, to?).map_err(|e| match e {
-            QueryError::Empty => self.fail("to", e.to_string()),
-            _ => self.fail("from", e.to_string()),
-        });
-        Some(period.ok()?.with_filters(channel, product))
+        Some(Period::new(from?, to?).with_filters(channel, product))
     }
 
     fn number(&mut self, q: &HashMap<String, String>, name: &str, default: u32, max: u32) -> u32 {
@@ -158,23 +161,41 @@ impl From<GroupByDto> for GroupBy {
     }
 }
 
-/// The period and filters every report but `stale` takes.
+/// A `from` or `to`: a date or an RFC 3339 date-time, as [`instant`] reads them.
+fn date_or_instant() -> Schema {
+    let one = |format| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(format)));
+    OneOfBuilder::new()
+        .description(Some("`YYYY-MM-DD` or an RFC 3339 date-time"))
+        .item(one(KnownFormat::Date))
+        .item(one(KnownFormat::DateTime))
+        .build()
+        .into()
+}
+
+/// A `cursor`: what [`StaleCursor::parse`] accepts.
+fn cursor() -> Schema {
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some(StaleCursor::PATTERN)).build().into()
+}
+
+/// The period and filters every report but `stale` takes. Any two dates make a period: a `to` not after
+/// `from` is an empty period, and a span over 366 days keeps its last 366 (the answer's `from` says so).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the parameters; they are parsed by hand to name every bad one
 pub struct PeriodParams {
-    /// Start, inclusive: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 date-time. Default: 30 days before `to`.
-    #[param(example = "2026-11-01")]
+    /// Start, inclusive: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 date-time. Default: 30 days before `to`;
+    /// at most 366 days before `to` (an earlier start is moved up).
+    #[param(schema_with = date_or_instant, example = "2026-11-01")]
     from: Option<String>,
-    /// End: `YYYY-MM-DD` (that whole day included) or an RFC 3339 date-time (excluded). Default: now. At most
-    /// 366 days after `from`.
-    #[param(example = "2026-11-30")]
+    /// End: `YYYY-MM-DD` (that whole day included) or an RFC 3339 date-time (excluded). Default: now. Not
+    /// after `from`: the period is empty.
+    #[param(schema_with = date_or_instant, example = "2026-11-30")]
     to: Option<String>,
     /// Only records of this channel.
-    #[param(example = "MOBILE_APP")]
+    #[param(value_type = Option<schema::Channel>)]
     channel: Option<String>,
     /// Only records of this product.
-    #[param(example = "CREDIT_CARD")]
+    #[param(value_type = Option<schema::Product>)]
     product: Option<String>,
 }
 
@@ -202,10 +223,13 @@ pub struct StaleParams {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `nextCursor` of the previous page.
+    #[param(schema_with = cursor)]
     cursor: Option<String>,
     /// Only records of this channel.
+    #[param(value_type = Option<schema::Channel>)]
     channel: Option<String>,
     /// Only records of this product.
+    #[param(value_type = Option<schema::Product>)]
     product: Option<String>,
 }
 

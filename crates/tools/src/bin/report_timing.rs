@@ -131,7 +131,7 @@ async fn open(url: &str, n: u64) -> Box<dyn Reports> {
 }
 
 fn period(days: i64) -> Period {
-    Period::new(END - time::Duration::days(days), END).expect("a period")
+    Period::new(END - time::Duration::days(days), END)
 }
 
 async fn time_it<T, F: std::future::Future<Output = T>>(

@@ -336,6 +336,7 @@ mod tests {
 
     use super::*;
     use crate::api::dto::RecordId as ParsedRecordId;
+    use store::reports::StaleCursor;
 
     type Parser = fn(&str) -> Result<(), Invalid>;
     type Rule = (&'static str, Regex, Option<usize>, Parser);
@@ -355,6 +356,7 @@ mod tests {
             ("journeyId", re(&code_pattern(128)), None, |s| JourneyId::parse(s).map(drop)),
             ("reason", re(&code_pattern(255)), None, |s| Reason::parse(s).map(drop)),
             ("recordId", re(&record_id_pattern()), None, |s| ParsedRecordId::parse(s).map(drop)),
+            ("cursor", re(StaleCursor::PATTERN), None, |s| StaleCursor::parse(s).map(drop).ok_or(Invalid("a cursor"))),
         ]
     });
 
@@ -383,6 +385,7 @@ mod tests {
             Just("-".to_owned()),
             Just("+".to_owned()),
             "[0-9]{1,8}",
+            "[0-9]{17,19}",
             "[A-Za-z]{1,8}",
             "[a-z]{60,70}",
             "\\PC{1,4}",
@@ -434,6 +437,12 @@ mod tests {
             "12345",
             "AB-12",
             "AB_12",
+            "1.2",
+            "0.0",
+            "123456789012345678.1",
+            "1234567890123456789.1",
+            "1.1234567890123456789",
+            "1.2\n",
         ] {
             agree(s).unwrap();
         }
