@@ -23,6 +23,8 @@ pub mod scratch;
 mod sidecar;
 mod write;
 
+pub use write::key_lock_id;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;

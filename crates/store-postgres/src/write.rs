@@ -1,5 +1,10 @@
 //! The write operations: one transaction each, under the advisory lock of the matching key.
 //!
+//! Round trips are what a write costs here (the service and the database share a machine, or a network
+//! hop apart), so each operation takes four: `BEGIN` and the key's lock in one simple query, one read of
+//! what the plan needs (with the time, taken once the lock is held), one statement making every change
+//! (data-modifying `WITH` clauses), and `COMMIT`. Recording an idempotent answer, and events, add theirs.
+//!
 //! When the request holds an `Idempotency-Key`, its answer is recorded in the same transaction as the
 //! changes (a failure between the two would let a retry run the operation again). An answer that changed
 //! nothing (`EXISTING`, already won or lost) is still one to keep, so then the transaction commits that
@@ -65,52 +70,20 @@ where
 
 type Tx = Transaction<'static, Postgres>;
 
-/// Takes the key's lock and returns the time once it is held: every write of the step is stamped with it,
-/// so the history of a key is in the order its steps really ran (`now()` would be the transaction's start,
-/// before the wait).
-async fn lock_key(tx: &mut Tx, key: &str) -> Result<OffsetDateTime, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
-    )
-    .bind(key)
-    .fetch_one(&mut **tx)
-    .await
+/// The advisory lock id of a matching key: FNV-1a over the key's bytes, in a namespace of its own. Computed
+/// here, not by the database, so that taking it rides in the `BEGIN` round trip with no text of the
+/// request in the statement. Every replica computes the same id (the function is fixed, not `std`'s
+/// hasher, which may change between builds).
+pub fn key_lock_id(key: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = b"key:".iter().chain(key.as_bytes()).fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-async fn history(
-    tx: &mut Tx,
-    at: OffsetDateTime,
-    record_id: &str,
-    from: Option<Status>,
-    to: Status,
-    ctx: &RequestContext,
-    reason: Option<&Reason>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
-         VALUES ($1, $2, $3, $7, $4, $5, $6)",
-    )
-    .bind(record_id)
-    .bind(from.map(Status::as_str))
-    .bind(to.as_str())
-    .bind(&ctx.request_id)
-    .bind(ctx.channel.as_str())
-    .bind(reason.map(Reason::as_str))
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn set_status(tx: &mut Tx, at: OffsetDateTime, id: &str, from: Status, to: Status) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE records SET status = $1, updated_at = $4 WHERE id = $2 AND status = $3")
-        .bind(to.as_str())
-        .bind(id)
-        .bind(from.as_str())
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
+/// Begins a transaction holding the lock of `key` (until it ends), in one round trip.
+async fn begin_locked(pool: &PgPool, key: &str) -> Result<Tx, sqlx::Error> {
+    pool.begin_with(format!("BEGIN; SELECT pg_advisory_xact_lock({})", key_lock_id(key))).await
 }
 
 /// Ends a step that changed nothing. Without an idempotency key there is nothing to keep: roll back, which
@@ -142,25 +115,30 @@ pub(crate) async fn create(
     with_events: bool,
 ) -> Result<CreateOutcome, Failure> {
     let key = request.match_key(matching);
-    let mut tx = pool.begin().await?;
-    let at = lock_key(&mut tx, key.expose()).await?;
+    let mut tx = begin_locked(pool, key.expose()).await?;
     // ETB never reads or changes leads (SPEC §2.1): its snapshot is the open opportunity alone. Both queries
-    // keep the literal open statuses of the partial unique index, so that index serves them.
+    // keep the literal open statuses of the partial unique index, so that index serves them. The time is
+    // read in the same statement, after the lock was taken: every write of the step is stamped with it, so
+    // the history of a key is in the order its steps really ran (`now()` would be the transaction's start).
     let sql = match request.customer_type {
         CustomerType::Ntb => {
-            "SELECT id, record_type, owner_id FROM records
-             WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity')
-             ORDER BY seq DESC"
+            "SELECT c.at, r.id, r.record_type, r.owner_id FROM (SELECT clock_timestamp() AS at) AS c
+             LEFT JOIN records AS r ON r.match_key = $1 AND r.status IN ('New Lead', 'New Opportunity')
+             ORDER BY r.seq DESC"
         }
         CustomerType::Etb => {
-            "SELECT id, record_type, owner_id FROM records
-             WHERE match_key = $1 AND status IN ('New Lead', 'New Opportunity') AND record_type = 'OPPORTUNITY'
-             ORDER BY seq DESC"
+            "SELECT c.at, r.id, r.record_type, r.owner_id FROM (SELECT clock_timestamp() AS at) AS c
+             LEFT JOIN records AS r ON r.match_key = $1 AND r.status IN ('New Lead', 'New Opportunity')
+                 AND r.record_type = 'OPPORTUNITY'
+             ORDER BY r.seq DESC"
         }
     };
-    let rows: Vec<(String, String, String)> = sqlx::query_as(sql).bind(key.expose()).fetch_all(&mut *tx).await?;
+    type Row = (OffsetDateTime, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(sql).bind(key.expose()).fetch_all(&mut *tx).await?;
+    let at = rows.first().map(|r| r.0).ok_or_else(|| StoreError::internal("no clock row"))?;
     let mut open = Vec::with_capacity(rows.len());
-    for (id, record_type, owner) in rows {
+    for (_, id, record_type, owner) in rows {
+        let (Some(id), Some(record_type), Some(owner)) = (id, record_type, owner) else { continue };
         open.push(OpenRecord {
             id,
             record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
@@ -186,19 +164,34 @@ pub(crate) async fn create(
         CreatePlan::Create { record_type, close } => (record_type, close),
     };
     let open = record_type.open_status();
-    let owner_changed = Reason::owner_changed();
-    for id in &close {
-        if !set_status(&mut tx, at, id, open, Status::CloseLost).await? {
-            return Err(StoreError::internal(format!("record {id} changed under the key lock")).into());
-        }
-        history(&mut tx, at, id, Some(open), Status::CloseLost, ctx, Some(&owner_changed)).await?;
-    }
     let id = new_id();
     let c = &request.customer;
-    sqlx::query(
-        "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
-             full_name, phone, email, product, channel, journey_id, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
+    // The replaced records close first (the new record's insert reads how many did, so it runs after them
+    // and only if all did: the partial unique index never sees two open records of the key), then one
+    // history insert writes their changes and the creation, in that order.
+    let written: Vec<i32> = sqlx::query_scalar(
+        "WITH closed AS (
+             UPDATE records SET status = 'Close Lost', updated_at = $15
+             WHERE id = ANY($16) AND status = $3
+             RETURNING id
+         ), created AS (
+             INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                 full_name, phone, email, product, channel, journey_id, created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15
+             WHERE (SELECT count(*) FROM closed) = cardinality($16)
+             RETURNING id
+         )
+         INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+         SELECT change.id, change.from_status, change.to_status, $15, $17, $20, change.reason
+         FROM (
+             SELECT 0 AS n, array_position($16, closed.id) AS k, closed.id, $3 AS from_status,
+                 'Close Lost' AS to_status, $18 AS reason
+             FROM closed
+             UNION ALL
+             SELECT 1, 0, created.id, NULL, $3, $19 FROM created
+         ) AS change
+         ORDER BY change.n, change.k
+         RETURNING 1",
     )
     .bind(&id)
     .bind(record_type.as_str())
@@ -215,9 +208,16 @@ pub(crate) async fn create(
     .bind(request.channel.as_str())
     .bind(request.journey_id.as_ref().map(|v| v.as_str()))
     .bind(at)
-    .execute(&mut *tx)
+    .bind(&close)
+    .bind(&ctx.request_id)
+    .bind(Reason::owner_changed().as_str())
+    .bind(ctx.reason.as_ref().map(Reason::as_str))
+    .bind(ctx.channel.as_str())
+    .fetch_all(&mut *tx)
     .await?;
-    history(&mut tx, at, &id, None, open, ctx, ctx.reason.as_ref()).await?;
+    if written.len() != close.len() + 1 {
+        return Err(StoreError::internal("a replaced record changed under the key lock").into());
+    }
     let outcome = CreateOutcome {
         result,
         record_type,
@@ -254,22 +254,34 @@ struct Locked {
     at: OffsetDateTime,
 }
 
-/// Locks `key` and reads the record `id` names under it.
-async fn locked_target(tx: &mut Tx, key: &str, record_type: RecordType, id: &str) -> Result<Locked, Failure> {
-    let at = lock_key(tx, key).await?;
-    let (status, converted, owner, product): (String, Option<String>, String, String) = sqlx::query_as(
-        "SELECT status, converted_opportunity_id, owner_id, product FROM records WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_one(&mut **tx)
-    .await?;
+/// Begins a transaction holding the lock of `key` and reads the record `id` names under it, with the time.
+async fn locked_target(pool: &PgPool, key: &str, record_type: RecordType, id: &str) -> Result<(Tx, Locked), Failure> {
+    let mut tx = begin_locked(pool, key).await?;
+    let (at, status, converted, owner, product): (OffsetDateTime, String, Option<String>, String, String) =
+        sqlx::query_as(
+            "SELECT clock_timestamp(), status, converted_opportunity_id, owner_id, product
+             FROM records WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
     let target = Target {
         id: id.to_owned(),
         record_type,
         status: Status::parse(&status).map_err(StoreError::internal)?,
         converted_opportunity_id: converted,
     };
-    Ok(Locked { target, owner: OwnerId::from_stored(owner), product: Product::from_stored(product), at })
+    Ok((tx, Locked { target, owner: OwnerId::from_stored(owner), product: Product::from_stored(product), at }))
+}
+
+/// Checks that a change statement wrote the history rows it should have: fewer means the record was not in
+/// the status read under the lock, which the lock rules out.
+fn wrote(rows: usize, expected: usize, id: &str) -> Result<(), Failure> {
+    if rows == expected {
+        Ok(())
+    } else {
+        Err(StoreError::internal(format!("record {id} changed under the key lock")).into())
+    }
 }
 
 pub(crate) async fn close_won(
@@ -281,8 +293,7 @@ pub(crate) async fn close_won(
     ctx: &RequestContext,
     with_events: bool,
 ) -> Result<CloseWonOutcome, Failure> {
-    let mut tx = pool.begin().await?;
-    let locked = locked_target(&mut tx, key, record_type, id).await?;
+    let (tx, locked) = locked_target(pool, key, record_type, id).await?;
     let (mut t, at) = (locked.target.clone(), locked.at);
     match plan_close_won(&t, convert) {
         CloseWonPlan::AlreadyWon => {
@@ -295,30 +306,47 @@ pub(crate) async fn close_won(
             Err(StoreError::InvalidTransition { current: t.status }.into())
         }
         CloseWonPlan::Win { convert } => {
-            set_status(&mut tx, at, id, t.status, Status::CloseWon).await?;
-            history(&mut tx, at, id, Some(t.status), Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
-            if convert {
-                let opp = new_id();
-                sqlx::query(
-                    "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
-                         full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
+            let mut tx = tx;
+            let opp = convert.then(new_id);
+            // The win, the converted opportunity (a copy of the lead, won, pointing back at it) and the
+            // history of both, in one statement.
+            let rows: Vec<i32> = sqlx::query_scalar(
+                "WITH won AS (
+                     UPDATE records SET status = 'Close Won', updated_at = $3,
+                         converted_opportunity_id = coalesce($4, converted_opportunity_id)
+                     WHERE id = $1 AND status = $2
+                     RETURNING *
+                 ), opportunity AS (
+                     INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number,
+                         cif, full_name, phone, email, product, channel, journey_id, converted_from_lead_id,
                          created_at, updated_at)
-                     SELECT $1, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
+                     SELECT $4, 'OPPORTUNITY', 'Close Won', match_key, owner_id, customer_type, id_number, cif,
                          full_name, phone, email, product, channel, journey_id, id, $3, $3
-                     FROM records WHERE id = $2",
-                )
-                .bind(&opp)
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE records SET converted_opportunity_id = $1 WHERE id = $2")
-                    .bind(&opp)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                history(&mut tx, at, &opp, None, Status::CloseWon, ctx, ctx.reason.as_ref()).await?;
-                t.converted_opportunity_id = Some(opp);
+                     FROM won WHERE $4 IS NOT NULL
+                     RETURNING id
+                 )
+                 INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+                 SELECT change.id, change.from_status, 'Close Won', $3, $5, $6, $7
+                 FROM (
+                     SELECT 0 AS n, won.id, $2 AS from_status FROM won
+                     UNION ALL
+                     SELECT 1, opportunity.id, NULL FROM opportunity
+                 ) AS change
+                 ORDER BY change.n
+                 RETURNING 1",
+            )
+            .bind(id)
+            .bind(t.status.as_str())
+            .bind(at)
+            .bind(opp.as_deref())
+            .bind(&ctx.request_id)
+            .bind(ctx.channel.as_str())
+            .bind(ctx.reason.as_ref().map(Reason::as_str))
+            .fetch_all(&mut *tx)
+            .await?;
+            wrote(rows.len(), 1 + usize::from(opp.is_some()), id)?;
+            if opp.is_some() {
+                t.converted_opportunity_id = opp;
             }
             let outcome = CloseWonOutcome::won(&t);
             if with_events {
@@ -339,8 +367,7 @@ pub(crate) async fn close_lost(
     ctx: &RequestContext,
     with_events: bool,
 ) -> Result<RecordRef, Failure> {
-    let mut tx = pool.begin().await?;
-    let locked = locked_target(&mut tx, key, record_type, id).await?;
+    let (tx, locked) = locked_target(pool, key, record_type, id).await?;
     let (t, at) = (&locked.target, locked.at);
     let outcome = RecordRef { id: t.id.clone(), status: Status::CloseLost };
     match plan_close_lost(t) {
@@ -350,8 +377,26 @@ pub(crate) async fn close_lost(
             return Err(StoreError::InvalidTransition { current: t.status }.into());
         }
         CloseLostPlan::Lose => {
-            set_status(&mut tx, at, id, t.status, Status::CloseLost).await?;
-            history(&mut tx, at, id, Some(t.status), Status::CloseLost, ctx, ctx.reason.as_ref()).await?;
+            let mut tx = tx;
+            let rows: Vec<i32> = sqlx::query_scalar(
+                "WITH lost AS (
+                     UPDATE records SET status = 'Close Lost', updated_at = $3
+                     WHERE id = $1 AND status = $2
+                     RETURNING id
+                 )
+                 INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+                 SELECT id, $2, 'Close Lost', $3, $4, $5, $6 FROM lost
+                 RETURNING 1",
+            )
+            .bind(id)
+            .bind(t.status.as_str())
+            .bind(at)
+            .bind(&ctx.request_id)
+            .bind(ctx.channel.as_str())
+            .bind(ctx.reason.as_ref().map(Reason::as_str))
+            .fetch_all(&mut *tx)
+            .await?;
+            wrote(rows.len(), 1, id)?;
             if with_events {
                 let changes = events::on_close_lost(t, &locked.owner, &locked.product, ctx);
                 outbox::write(&mut tx, key, &changes, ctx, at).await?;
@@ -360,4 +405,17 @@ pub(crate) async fn close_lost(
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_lock_id;
+
+    /// The lock id is part of the deployment's protocol: replicas built apart must compute the same one.
+    #[test]
+    fn lock_ids_are_fixed_fnv1a_values() {
+        assert_eq!(key_lock_id(""), 6_348_314_981_938_600_866);
+        assert_eq!(key_lock_id("079123456789/CREDIT_CARD"), -4_934_901_712_637_119_894);
+        assert_ne!(key_lock_id("A/CARD"), key_lock_id("B/CARD"));
+    }
 }

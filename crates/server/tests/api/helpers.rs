@@ -295,6 +295,6 @@ pub fn fields(problem: &Value) -> Vec<String> {
 /// Holds the per-key lock of `key` on PostgreSQL so a create for it waits, as a slow request would.
 pub async fn hold_key(url: &str, key: &str) -> sqlx::PgConnection {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(key).execute(&mut conn).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(store_postgres::key_lock_id(key)).execute(&mut conn).await.unwrap();
     conn
 }
