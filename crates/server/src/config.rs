@@ -501,13 +501,6 @@ impl Settings {
             s.postgres_acquire_timeout = Duration::from_millis(v);
         }
         s.events = events(overrides, file.events)?;
-        if s.events.is_some() && s.store == StoreUrl::Salesforce {
-            // The Salesforce adapter does not write its audit's events to the outbox yet (docs/events.md).
-            return Err(bad(
-                "events.nats_url (CRM_EVENTS_NATS_URL)",
-                "events are not available with store = salesforce yet",
-            ));
-        }
         let mut section = file.salesforce;
         if s.store == StoreUrl::Salesforce {
             let mut from_env = section.take().unwrap_or_default();

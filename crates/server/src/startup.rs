@@ -88,8 +88,9 @@ impl Opened {
             }
             StoreUrl::Postgres(url) => Ok(Self::Postgres(Arc::new(PgStore::open(pg_config(settings, url)).await?))),
             StoreUrl::Salesforce => {
-                let config =
+                let mut config =
                     settings.salesforce.clone().ok_or(StartError::SalesforceSettings("no [salesforce] section"))?;
+                config.events = settings.events.is_some();
                 let local_url = local_store(settings)?;
                 let local = Box::pin(Self::open_at(settings, &local_url)).await?;
                 let sidecar: Arc<dyn Sidecar> = match &local {

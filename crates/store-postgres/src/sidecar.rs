@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use lifecycle::{Reason, Status};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
+use store::events::Outgoing;
 use store::{AuditEntry, HistoryEntry, KeyLock, Origin, Sidecar, Store, StoreError, StoredResponse};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -108,6 +109,7 @@ impl Sidecar for PgStore {
     async fn record(
         &self,
         entries: &[AuditEntry],
+        events: Option<&Outgoing>,
         completion: Option<(&str, &str, StoredResponse)>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await.map_err(error)?;
@@ -138,6 +140,9 @@ impl Sidecar for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(error)?;
+        }
+        if let Some(o) = events {
+            crate::outbox::write(&mut tx, &o.key, &o.changes, &o.ctx, o.at).await.map_err(error)?;
         }
         if let Some((key, holder, response)) = completion {
             complete_with(&mut *tx, key, holder, &response).await.map_err(error)?;

@@ -14,11 +14,12 @@ async fn fresh() -> (Arc<dyn Backend>, ScratchDb) {
 
 store::contract_suite!(fresh);
 
-async fn with_events(events: bool) -> (Arc<dyn store::events::EventBackend>, ScratchDb) {
+async fn with_events(events: bool) -> (Arc<dyn Backend>, Arc<dyn store::events::Outbox>, ScratchDb) {
     let db = ScratchDb::create("crm_outbox").await;
     let mut config = PgConfig::new(&db.url);
     config.events = events;
-    (Arc::new(PgStore::open(config).await.unwrap()), db)
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    (store.clone(), store, db)
 }
 
 store::outbox_suite!(with_events);

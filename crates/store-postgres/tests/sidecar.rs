@@ -21,6 +21,14 @@ async fn replica(db: &ScratchDb) -> Arc<dyn Sidecar> {
 
 store::sidecar_suite!(fresh, replica);
 
+async fn with_outbox() -> (Arc<dyn Sidecar>, Arc<dyn store::events::Outbox>, ScratchDb) {
+    let db = ScratchDb::create("crm_sidecar").await;
+    let store = Arc::new(PgStore::open(PgConfig::new(&db.url)).await.unwrap());
+    (store.clone(), store, db)
+}
+
+store::sidecar_outbox_suite!(with_outbox);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_whose_connection_died_loses_the_key() {
     let db = ScratchDb::create("crm_sidecar").await;

@@ -139,6 +139,9 @@ pub struct SalesforceConfig {
     pub lock_lease: Duration,
     /// How long a request waits for its key's lock.
     pub lock_wait: Duration,
+    /// Whether every status change also hands its events to the local store's outbox. Not a
+    /// `[salesforce]` setting: the service turns it on when `[events]` is configured.
+    pub events: bool,
 }
 
 /// A refused setting: `key` is the name as the operator writes it (`salesforce.instance_url`).
@@ -327,6 +330,7 @@ impl SalesforceSection {
             )?),
             lock_lease: Duration::from_secs(120),
             lock_wait: Duration::from_secs(20),
+            events: false,
         })
     }
 }

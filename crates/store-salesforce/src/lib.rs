@@ -17,7 +17,8 @@
 //!
 //! **Call budget.** Reading a key is one `/composite` call (the owner lookup rides in it on a cold cache);
 //! a plan's writes are one `/composite` call with `allOrNone`; a conversion is one SOAP `convertLead` and
-//! one update. The local store's calls cost no API allowance.
+//! one update. With events on, a change whose event names an owner the cache lacks adds one user lookup.
+//! The local store's calls cost no API allowance.
 
 pub mod config;
 

@@ -2,6 +2,11 @@
 //! (one call), ask the rules, execute the plan (one composite call, or a conversion), and keep the audit
 //! and the idempotent answer in the local store.
 //!
+//! With events on, the local store also writes the change's lifecycle events to its outbox, in the
+//! transaction that keeps the audit: built from the plan by the same `store::events` functions the SQL
+//! adapters use, with owners named by RM code (the org knows them as users; the lookups are made before the
+//! write, so a failing lookup changes nothing).
+//!
 //! A write whose answer was lost ([`SfError::may_have_applied`]) is read back before answering: if the
 //! org shows the plan's effect the answer is success, if it shows nothing changed and the org had answered
 //! (a 5xx of its own, [`SfError::org_is_done`]) the answer is 503 (nothing changed, verified), and anything
@@ -12,10 +17,11 @@ use std::collections::HashSet;
 
 use lifecycle::{
     plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, CustomerType, OpenRecord,
-    OwnerId, Reason, RecordType, Snapshot, Status, Target,
+    OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
 };
 use reqwest::Method;
 use serde_json::Value;
+use store::events::{self, Change, EventKind, Outgoing};
 use store::{
     Answer, AuditEntry, CloseWonOutcome, CreateOutcome, CreateRequest, HistoryEntry, KeyLock, Origin, RecordRef,
     RequestContext, StoreError, StoredResponse,
@@ -27,7 +33,7 @@ use crate::composite::Composite;
 use crate::error::SfError;
 use crate::records::{self, close_body, new_record, open_query};
 use crate::soql::{full_id, literal, sobject};
-use crate::{lock_times, owners, soap, SalesforceStore};
+use crate::{lock_times, owners, read, soap, SalesforceStore};
 
 fn label(operation: &'static str, step: &'static str) -> Label {
     Label { operation, step }
@@ -109,21 +115,68 @@ fn audit(
     }
 }
 
-/// Keeps the audit entries and the idempotent answer in the local store, in one transaction. The org's
-/// change already stands, so a local failure is retried, then logged; the answer stays the org's truth.
-async fn keep(s: &SalesforceStore, entries: &[AuditEntry], completion: Option<(&str, &str, StoredResponse)>) {
-    if entries.is_empty() && completion.is_none() {
+/// Keeps the audit entries, their events and the idempotent answer in the local store, in one
+/// transaction. The org's change already stands, so a local failure is retried, then logged; the answer
+/// stays the org's truth (and the change has no audit and no event).
+async fn keep(
+    s: &SalesforceStore,
+    entries: &[AuditEntry],
+    events: Option<&Outgoing>,
+    completion: Option<(&str, &str, StoredResponse)>,
+) {
+    if entries.is_empty() && events.is_none() && completion.is_none() {
         return;
     }
     for attempt in 1..=3u32 {
-        match s.sidecar.record(entries, completion.clone()).await {
+        match s.sidecar.record(entries, events, completion.clone()).await {
             Ok(()) => return,
             Err(e) if attempt == 3 => {
-                tracing::error!(error = %e, entries = entries.len(), "salesforce: the org changed but the local audit could not be written");
+                let events = events.map_or(0, |o| o.changes.len());
+                tracing::error!(error = %e, entries = entries.len(), events, "salesforce: the org changed but the local audit could not be written");
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await,
         }
     }
+}
+
+/// The events of a change made at `at` on the matching key `key`, for the local store; `None` when events
+/// are off or the change has none.
+fn outgoing(
+    s: &SalesforceStore,
+    key: &str,
+    ctx: &RequestContext,
+    at: OffsetDateTime,
+    changes: Vec<Change>,
+) -> Option<Outgoing> {
+    (s.config.events && !changes.is_empty()).then(|| Outgoing { key: key.to_owned(), changes, ctx: ctx.clone(), at })
+}
+
+/// The RM code of the org user `user`; a queue or a user without a code keeps the org's id, as reads show
+/// it.
+fn code_of(codes: &std::collections::HashMap<String, String>, user: &str) -> OwnerId {
+    OwnerId::from_stored(codes.get(user).cloned().unwrap_or_else(|| user.to_owned()))
+}
+
+/// `snapshot` with its owners named by RM code, as the events of the records a create replaces name them.
+async fn by_code(s: &SalesforceStore, snapshot: &Snapshot) -> Result<Snapshot, StoreError> {
+    let codes = read::owner_codes(s, snapshot.open.iter().map(|r| r.owner_id.as_str()), "create").await?;
+    let open = snapshot.open.iter().map(|r| OpenRecord { owner_id: code_of(&codes, r.owner_id.as_str()), ..r.clone() });
+    Ok(Snapshot { open: open.collect() })
+}
+
+/// The locked record's owner (by RM code) and product, as its events name them; `None` when events are off.
+async fn described(
+    s: &SalesforceStore,
+    l: &Locked,
+    operation: &'static str,
+) -> Result<Option<(OwnerId, Product)>, StoreError> {
+    if !s.config.events {
+        return Ok(None);
+    }
+    let user = records::owner_user(&l.record).unwrap_or_default();
+    let codes = read::owner_codes(s, std::iter::once(user), operation).await?;
+    let product = l.record.get(s.config.fields.product.as_str()).and_then(Value::as_str).unwrap_or_default();
+    Ok(Some((code_of(&codes, user), Product::from_stored(product.to_owned()))))
 }
 
 /// After a write whose outcome is unknown (its answer was lost), the org may still be applying it. The key
@@ -173,11 +226,13 @@ async fn create_held(
                 owner_id: request.owner_id.clone(),
                 closed_record_ids: Vec::new(),
             };
-            keep(s, &[], ctx.completion(Answer::Create(&outcome))).await;
+            keep(s, &[], None, ctx.completion(Answer::Create(&outcome))).await;
             return Ok(outcome);
         }
         CreatePlan::Create { record_type, close } => (record_type, close),
     };
+    // A hand-over's events name the replaced records' owners, which the org knows only as users.
+    let named = if s.config.events && !close.is_empty() { Some(by_code(s, &before.snapshot).await?) } else { None };
     let client = &s.client;
     let today = OffsetDateTime::now_utc().date();
     let mut c = Composite::new(true);
@@ -246,7 +301,9 @@ async fn create_held(
         owner_id: request.owner_id.clone(),
         closed_record_ids: close,
     };
-    keep(s, &entries, ctx.completion(Answer::Create(&outcome))).await;
+    let changes = events::on_create(request, ctx, named.as_ref().unwrap_or(&before.snapshot), &outcome);
+    let events = outgoing(s, key.expose(), ctx, at, changes);
+    keep(s, &entries, events.as_ref(), ctx.completion(Answer::Create(&outcome))).await;
     Ok(outcome)
 }
 
@@ -404,17 +461,21 @@ async fn close_lost_held(
 ) -> Result<RecordRef, StoreError> {
     let t = l.target(s, record_type);
     let answer = RecordRef { id: t.id.clone(), status: Status::CloseLost };
-    let entries = match plan_close_lost(&t) {
+    let (entries, events) = match plan_close_lost(&t) {
         CloseLostPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
-        CloseLostPlan::AlreadyLost => Vec::new(),
+        CloseLostPlan::AlreadyLost => (Vec::new(), None),
         CloseLostPlan::Lose => {
+            let named = described(s, l, "close_lost").await?;
             let body = close_body(&s.config, record_type, Status::CloseLost);
             write_status(s, record_type, &t.id, t.status, body, Status::CloseLost, "close_lost").await?;
             let at = OffsetDateTime::now_utc();
-            vec![audit(&t.id, record_type, &l.key, Some(t.status), Status::CloseLost, at, ctx, ctx.reason.clone())]
+            let changes = named.map(|(owner, product)| events::on_close_lost(&t, &owner, &product, ctx));
+            let entry =
+                audit(&t.id, record_type, &l.key, Some(t.status), Status::CloseLost, at, ctx, ctx.reason.clone());
+            (vec![entry], outgoing(s, &l.key, ctx, at, changes.unwrap_or_default()))
         }
     };
-    keep(s, &entries, ctx.completion(Answer::CloseLost(&answer))).await;
+    keep(s, &entries, events.as_ref(), ctx.completion(Answer::CloseLost(&answer))).await;
     Ok(answer)
 }
 
@@ -442,33 +503,43 @@ async fn close_won_held(
         CloseWonPlan::Refuse => return Err(StoreError::InvalidTransition { current: t.status }),
         CloseWonPlan::AlreadyWon => {
             if let Some(opp) = t.converted_opportunity_id.clone() {
-                heal_conversion(s, l, &opp, ctx).await?;
+                heal_conversion(s, l, &t, &opp, ctx).await?;
             }
         }
         CloseWonPlan::Win { .. } if record_type == RecordType::Opportunity => {
+            let named = described(s, l, "close_won").await?;
             let body = close_body(&s.config, record_type, Status::CloseWon);
             write_status(s, record_type, &t.id, t.status, body, Status::CloseWon, "close_won").await?;
             let at = OffsetDateTime::now_utc();
             let entry =
                 audit(&t.id, record_type, &l.key, Some(t.status), Status::CloseWon, at, ctx, ctx.reason.clone());
-            keep(s, &[entry], None).await;
+            let won = CloseWonOutcome::won(&Target { status: Status::CloseWon, ..t.clone() });
+            let changes = named.map(|(owner, product)| events::on_close_won(&t, &owner, &product, ctx, &won));
+            keep(s, &[entry], outgoing(s, &l.key, ctx, at, changes.unwrap_or_default()).as_ref(), None).await;
         }
         CloseWonPlan::Win { convert } => {
+            let named = described(s, l, "close_won").await?;
             let opportunity = convert_lead(s, l, &t, convert).await?;
+            let won = Target { status: Status::CloseWon, converted_opportunity_id: opportunity.clone(), ..t.clone() };
+            let won = CloseWonOutcome::won(&won);
+            let mut changes =
+                named.map(|(owner, product)| events::on_close_won(&t, &owner, &product, ctx, &won)).unwrap_or_default();
+            // The opportunity's `converted` goes with the opportunity's own audit, written once it is won.
+            let converted = changes.split_off(changes.len().min(1));
             // The lead's change stands whatever happens next: keep it now, so that a retry after a failure
             // below finds the lead won and only finishes the opportunity.
             let at = OffsetDateTime::now_utc();
             let entry =
                 audit(&t.id, record_type, &l.key, Some(t.status), Status::CloseWon, at, ctx, ctx.reason.clone());
-            keep(s, &[entry], None).await;
+            keep(s, &[entry], outgoing(s, &l.key, ctx, at, changes).as_ref(), None).await;
             if let Some(opp) = &opportunity {
-                win_opportunity(s, l, opp, ctx).await?;
+                win_opportunity(s, l, opp, ctx, converted).await?;
             }
             t.converted_opportunity_id = opportunity;
         }
     }
     let outcome = CloseWonOutcome::won(&Target { status: Status::CloseWon, ..t });
-    keep(s, &[], ctx.completion(Answer::CloseWon(&outcome))).await;
+    keep(s, &[], None, ctx.completion(Answer::CloseWon(&outcome))).await;
     Ok(outcome)
 }
 
@@ -536,7 +607,14 @@ async fn convert_lead(
 }
 
 /// The second step of a conversion (one call): the new opportunity at the won stage, with our fields.
-async fn win_opportunity(s: &SalesforceStore, l: &Locked, opp: &str, ctx: &RequestContext) -> Result<(), StoreError> {
+/// `converted` is its event (empty when events are off).
+async fn win_opportunity(
+    s: &SalesforceStore,
+    l: &Locked,
+    opp: &str,
+    ctx: &RequestContext,
+    converted: Vec<Change>,
+) -> Result<(), StoreError> {
     let body = records::won_conversion(&s.config, &l.record, OffsetDateTime::now_utc().date());
     write_status(s, RecordType::Opportunity, opp, Status::NewOpportunity, body, Status::CloseWon, "close_won").await?;
     let at = OffsetDateTime::now_utc();
@@ -544,21 +622,38 @@ async fn win_opportunity(s: &SalesforceStore, l: &Locked, opp: &str, ctx: &Reque
         origin: records::id(&l.record).map(|lead| Origin::ConvertedFrom(lead.to_owned())),
         ..audit(opp, RecordType::Opportunity, &l.key, None, Status::CloseWon, at, ctx, ctx.reason.clone())
     };
-    keep(s, &[entry], None).await;
+    keep(s, &[entry], outgoing(s, &l.key, ctx, at, converted).as_ref(), None).await;
     Ok(())
 }
 
 /// A converted lead whose opportunity the service never saw won: a conversion cut short after
 /// `convertLead` (the process died, or the update failed), or one made by hand. Finish it, unless the
-/// opportunity was closed meanwhile.
-async fn heal_conversion(s: &SalesforceStore, l: &Locked, opp: &str, ctx: &RequestContext) -> Result<(), StoreError> {
+/// opportunity was closed meanwhile. `lead` is the converted lead.
+async fn heal_conversion(
+    s: &SalesforceStore,
+    l: &Locked,
+    lead: &Target,
+    opp: &str,
+    ctx: &RequestContext,
+) -> Result<(), StoreError> {
     if s.sidecar.history(opp).await?.iter().any(|h| h.to == Status::CloseWon) {
         return Ok(());
     }
     match read_one(s, RecordType::Opportunity, opp, "close_won").await? {
         Some(o) if records::status(&s.config, RecordType::Opportunity, &o) == Status::NewOpportunity => {
             tracing::info!("salesforce: finishing a conversion left half done");
-            win_opportunity(s, l, opp, ctx).await
+            // The lead's `won` was kept with its conversion; the `converted` event still owed is the one
+            // the conversion of the open lead makes, and it goes with the opportunity's audit, as always.
+            let converted = match described(s, l, "close_won").await? {
+                Some((owner, product)) => {
+                    let open = Target { status: RecordType::Lead.open_status(), ..lead.clone() };
+                    let won = CloseWonOutcome::won(lead);
+                    let changes = events::on_close_won(&open, &owner, &product, ctx, &won);
+                    changes.into_iter().filter(|c| c.kind == EventKind::Converted).collect()
+                }
+                None => Vec::new(),
+            };
+            win_opportunity(s, l, opp, ctx, converted).await
         }
         _ => Ok(()),
     }

@@ -92,7 +92,8 @@ pub(crate) async fn search(
     };
     let leads = exact(parts[0].records().map_err(|e| s.error(e))?);
     let opportunities = exact(parts[1].records().map_err(|e| s.error(e))?);
-    let codes = owner_codes(s, leads.iter().chain(&opportunities)).await?;
+    let users = leads.iter().chain(&opportunities).filter_map(records::owner_user);
+    let codes = owner_codes(s, users, "search").await?;
     let code = |r: &Value| records::owner_user(r).and_then(|u| codes.get(u).cloned());
     let source: HashMap<&str, &Value> =
         leads.iter().filter_map(|l| Some((l.get("ConvertedOpportunityId").and_then(Value::as_str)?, l))).collect();
@@ -113,14 +114,16 @@ pub(crate) async fn search(
     })
 }
 
-/// RM codes of the records' owners: from the cache, and the rest in one lookup.
-async fn owner_codes<'a>(
+/// RM codes of the org users `users`: from the cache, and the rest in one lookup (for `operation`). A
+/// queue, or a user without a code, is left out.
+pub(crate) async fn owner_codes<'a>(
     s: &SalesforceStore,
-    records: impl Iterator<Item = &'a Value>,
+    users: impl Iterator<Item = &'a str>,
+    operation: &'static str,
 ) -> Result<HashMap<String, String>, StoreError> {
     let mut codes = HashMap::new();
     let mut missing = Vec::new();
-    for user in records.filter_map(records::owner_user) {
+    for user in users {
         match s.owners.code_for(user) {
             Some(code) => {
                 codes.insert(user.to_owned(), code);
@@ -136,8 +139,7 @@ async fn owner_codes<'a>(
     let ids = missing.iter().map(|u| literal(u)).collect::<Vec<_>>().join(", ");
     let mut c = Composite::new(false);
     c.query(&s.client, "owners", &format!("SELECT Id, {field} FROM User WHERE Id IN ({ids})"));
-    let parts =
-        c.send(&s.client, Label { operation: "search", step: "lookup" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
+    let parts = c.send(&s.client, Label { operation, step: "lookup" }, Repeat::Safe).await.map_err(|e| s.error(e))?;
     for u in parts[0].records().map_err(|e| s.error(e))? {
         if let (Some(id), Some(code)) =
             (u.get("Id").and_then(Value::as_str), u.get(field.as_str()).and_then(Value::as_str))

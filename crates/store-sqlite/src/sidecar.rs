@@ -16,13 +16,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lifecycle::{Reason, Status};
 use rusqlite::{params, OptionalExtension};
+use store::events::Outgoing;
 use store::{AuditEntry, HistoryEntry, KeyLock, Origin, Sidecar, Store, StoreError, StoredResponse};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, OwnedMutexGuard};
 use tokio::time::Instant;
 
 use crate::read::{error, format_time};
-use crate::{idempotency, writer, SqliteStore};
+use crate::{idempotency, outbox, writer, SqliteStore};
 
 /// The longest pause between two looks at a held key: short enough that a freed key is taken promptly,
 /// long enough that waiters of other processes do not keep the readers busy.
@@ -136,9 +137,11 @@ impl Sidecar for SqliteStore {
     async fn record(
         &self,
         entries: &[AuditEntry],
+        events: Option<&Outgoing>,
         completion: Option<(&str, &str, StoredResponse)>,
     ) -> Result<(), StoreError> {
         let entries = entries.to_vec();
+        let events = events.cloned();
         let completion = completion.map(|(key, holder, r)| (key.to_owned(), holder.to_owned(), r));
         self.submit(move |tx, _| {
             let mut insert = tx
@@ -171,6 +174,9 @@ impl Sidecar for SqliteStore {
                         converted_from,
                     ])
                     .map_err(error)?;
+            }
+            if let Some(o) = &events {
+                outbox::write(tx, &o.key, &o.changes, &o.ctx, o.at)?;
             }
             match &completion {
                 Some((key, holder, response)) => idempotency::complete(tx, key, holder, response),

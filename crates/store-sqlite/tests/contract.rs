@@ -13,11 +13,12 @@ async fn fresh() -> (Arc<dyn Backend>, tempfile::TempDir) {
 
 store::contract_suite!(fresh);
 
-async fn with_events(events: bool) -> (Arc<dyn store::events::EventBackend>, tempfile::TempDir) {
+async fn with_events(events: bool) -> (Arc<dyn Backend>, Arc<dyn store::events::Outbox>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SqliteConfig::new(dir.path().join("crm.db"));
     config.events = events;
-    (Arc::new(SqliteStore::open(config).unwrap()), dir)
+    let store = Arc::new(SqliteStore::open(config).unwrap());
+    (store.clone(), store, dir)
 }
 
 store::outbox_suite!(with_events);

@@ -26,6 +26,14 @@ async fn replica(dir: &tempfile::TempDir) -> Arc<dyn Sidecar> {
 
 store::sidecar_suite!(fresh, replica);
 
+async fn with_outbox() -> (Arc<dyn Sidecar>, Arc<dyn store::events::Outbox>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("crm.db")));
+    (store.clone(), store, dir)
+}
+
+store::sidecar_outbox_suite!(with_outbox);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();

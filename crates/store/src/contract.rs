@@ -376,9 +376,9 @@ pub async fn concurrent_closes_and_creates(store: Arc<dyn Backend>) {
     }
 }
 
-const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
-fn response(body: &str) -> StoredResponse {
+pub(crate) fn response(body: &str) -> StoredResponse {
     StoredResponse {
         status: 201,
         content_type: Some("application/json".into()),
@@ -697,7 +697,14 @@ pub async fn sidecar_lock_excludes_across_replicas(a: Arc<dyn Sidecar>, b: Arc<d
     }
 }
 
-fn audit(record_id: &str, key: &str, from: Option<Status>, to: Status, at_micros: i64, request_id: &str) -> AuditEntry {
+pub(crate) fn audit(
+    record_id: &str,
+    key: &str,
+    from: Option<Status>,
+    to: Status,
+    at_micros: i64,
+    request_id: &str,
+) -> AuditEntry {
     AuditEntry {
         record_id: record_id.into(),
         record_type: RecordType::Lead,
@@ -720,13 +727,13 @@ fn audit(record_id: &str, key: &str, from: Option<Status>, to: Status, at_micros
 pub async fn sidecar_record_and_history_round_trip(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>) {
     let created = audit("006A", "K1", None, Status::NewLead, 123_456, "r1");
     let other = audit("006B", "K1", None, Status::NewLead, 200_000, "r1");
-    store.record(&[created.clone(), other.clone()], None).await.unwrap();
+    store.record(&[created.clone(), other.clone()], None, None).await.unwrap();
     let lost = audit("006A", "K1", Some(Status::NewLead), Status::CloseLost, 1_000_001, "r2");
-    store.record(std::slice::from_ref(&lost), None).await.unwrap();
+    store.record(std::slice::from_ref(&lost), None, None).await.unwrap();
     assert_eq!(store.history("006A").await.unwrap(), vec![created.entry, lost.entry], "oldest first, exact");
     assert_eq!(store.history("006B").await.unwrap(), vec![other.entry]);
     assert_eq!(store.history("never-changed").await.unwrap(), vec![]);
-    store.record(&[], None).await.unwrap();
+    store.record(&[], None, None).await.unwrap();
     store.sidecar_ready().await.unwrap();
 }
 
@@ -734,14 +741,14 @@ pub async fn sidecar_record_completes_the_key(store: Arc<dyn Sidecar>, _replica:
     assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     let r = response("{\"id\":\"006A\"}");
     let entry = audit("006A", "K1", None, Status::NewLead, 0, "r1");
-    store.record(std::slice::from_ref(&entry), Some(("k", "fp", r.clone()))).await.unwrap();
+    store.record(std::slice::from_ref(&entry), None, Some(("k", "fp", r.clone()))).await.unwrap();
     assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r.clone()));
     assert_eq!(store.history("006A").await.unwrap().len(), 1);
     // Only the claim it names: another request's fingerprint, or a key already answered, is left alone.
     assert_eq!(store.claim("k2", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::Proceed);
-    store.record(&[], Some(("k2", "fp-b", response("no")))).await.unwrap();
+    store.record(&[], None, Some(("k2", "fp-b", response("no")))).await.unwrap();
     assert_eq!(store.claim("k2", "fp-a", "fp-a", HOUR, HOUR).await.unwrap(), Claim::InUse);
-    store.record(&[], Some(("k", "fp", response("late")))).await.unwrap();
+    store.record(&[], None, Some(("k", "fp", response("late")))).await.unwrap();
     assert_eq!(store.claim("k", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Replay(r));
 }
 
@@ -753,6 +760,7 @@ pub async fn sidecar_key_of(store: Arc<dyn Sidecar>, _replica: Arc<dyn Sidecar>)
                 audit("006A", "079123456789/CREDIT_CARD", None, Status::NewLead, 0, "r1"),
                 audit("006B", "OTHER/LOAN", None, Status::NewLead, 1, "r1"),
             ],
+            None,
             None,
         )
         .await

@@ -167,6 +167,19 @@ pub fn on_close_lost(before: &Target, owner: &OwnerId, product: &Product, ctx: &
     }]
 }
 
+/// The changes a CRM backend made, handed to its local store with their audit ([`crate::Sidecar::record`]):
+/// the org holds the records, so the local store's transaction that keeps the audit is the one place the
+/// events can be written atomically with something. Rendered and numbered there, as the SQL adapters do.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The matching key the records belong to: the events are numbered among its own.
+    pub key: String,
+    pub changes: Vec<Change>,
+    pub ctx: RequestContext,
+    /// When the org made the change.
+    pub at: OffsetDateTime,
+}
+
 /// An event as it waits in an outbox: its id (the `Nats-Msg-Id` that lets the broker drop a second copy),
 /// its subject below the configured prefix (`lead.created`) and its JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -382,11 +382,13 @@ pub trait Sidecar: Idempotency {
     /// `lease` bounds how long a holder that died keeps others out.
     async fn lock_key(&self, key: &str, lease: Duration, wait: Duration) -> Result<KeyLock, StoreError>;
 
-    /// Appends `entries` and, when given, completes an idempotency key (key, holder, response: see
-    /// [`RequestContext::completion`]) with its response, in one transaction.
+    /// Appends `entries`, writes the lifecycle events of `events` to the outbox (the caller hands them over
+    /// only when events are on) and, when given, completes an idempotency key (key, holder, response: see
+    /// [`RequestContext::completion`]) with its response, all in one transaction.
     async fn record(
         &self,
         entries: &[AuditEntry],
+        events: Option<&events::Outgoing>,
         completion: Option<(&str, &str, StoredResponse)>,
     ) -> Result<(), StoreError>;
 

@@ -1,6 +1,8 @@
 //! Lifecycle events through the real application to a real `nats-server -js` of the test's own: every
 //! operation's event arrives once, in order per key, without personal data and matching the published
 //! schema (docs/events.schema.json); an outage loses and doubles nothing; two replicas publish each once.
+//! On every backend: for Salesforce, the events come from the local store's outbox, written with the audit
+//! once the (fake) org accepted each change.
 
 use std::time::Duration;
 
@@ -76,7 +78,7 @@ async fn ready_events(app: &TestApp) -> Value {
     r.json::<Value>().await.unwrap()["details"]["events"].clone()
 }
 
-macro_rules! sql_backends {
+macro_rules! every_backend {
     ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
         mod $name {
             use super::*;
@@ -89,14 +91,31 @@ macro_rules! sql_backends {
             async fn postgres() {
                 run(Backend::Postgres).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn salesforce() {
+                run(Backend::Salesforce).await
+            }
         }
     )*};
 }
 
-sql_backends! {
+/// The owners of an event, as (before, after).
+fn owners(e: &Value) -> (Option<&str>, Option<&str>) {
+    (e["ownerBefore"].as_str(), e["ownerAfter"].as_str())
+}
+
+every_backend! {
     async fn every_operation_publishes_its_event_once(backend: Backend) {
         let nats = Nats::start();
-        let app = spawn_with(backend, events_to(&nats)).await;
+        let events_on = events_to(&nats);
+        let app = spawn_with(backend, |s| {
+            events_on(s);
+            // Salesforce: no cached RM codes, so every event's owners are looked up in the org.
+            if let Some(sf) = s.salesforce.as_mut() {
+                sf.owner_cache = Duration::ZERO;
+            }
+        })
+        .await;
         the_operations(&app).await;
         let events = nats::wait_for(&nats.url(), STREAM, TYPES.len(), WAIT).await;
         assert_eq!(types(&events), TYPES);
@@ -105,6 +124,16 @@ sql_backends! {
         assert!(events.iter().all(|e| e["_subject"].as_str().unwrap().starts_with("bank.crm.")));
         assert_eq!(events[5]["channel"], "LENDING_APP");
         assert_eq!(events[6]["reason"], "NCB_REJECTED");
+        // Owners by relationship manager code on every backend (the org knows them as users).
+        assert_eq!(owners(&events[0]), (None, Some("RM001")));
+        assert_eq!(owners(&events[1]), (Some("RM001"), Some("RM002")), "a hand-over names both owners");
+        assert_eq!(owners(&events[2]), (Some("RM001"), Some("RM002")));
+        assert_eq!(owners(&events[3]), (Some("RM002"), Some("RM002")));
+        assert_eq!(events[4]["ownerAfter"], "RM002");
+        assert_eq!(owners(&events[6]), (Some("RM003"), Some("RM003")));
+        assert_eq!((events[6]["product"].as_str(), events[4]["product"].as_str()), (Some("AUTO_LOAN"), Some("CREDIT_CARD")));
+        assert_eq!(events[1]["relatedRecordId"], events[2]["recordId"]);
+        assert_eq!((events[3]["relatedRecordId"].as_str(), events[4]["relatedRecordId"].as_str()), (events[4]["recordId"].as_str(), events[3]["recordId"].as_str()));
         // Delivered events leave the outbox.
         let deadline = std::time::Instant::now() + WAIT;
         while ready_events(&app).await["outboxPending"] != 0 {

@@ -32,7 +32,7 @@ fn toml_like(text: &str) -> SalesforceSection {
     }
 }
 
-pub const RMS: &[&str] = &["RM000", "RM001", "RM002", "RM003", "RM0", "RM1", "RM2", "RM3", "RM4"];
+pub const RMS: &[&str] = &["RM000", "RM001", "RM002", "RM003", "RM009", "RM0", "RM1", "RM2", "RM3", "RM4"];
 
 pub async fn org() -> FakeOrg {
     let org = FakeOrg::start(OrgConfig::default()).await;
@@ -56,9 +56,12 @@ pub async fn env() -> Env {
 
 pub async fn env_on(org: FakeOrg, tweak: impl FnOnce(&mut SalesforceConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("local.db"))).unwrap());
+    let mut local = SqliteConfig::new(dir.path().join("local.db"));
     let mut config = config(&org.url());
     tweak(&mut config);
+    // As the service opens them: events on in both, or in neither.
+    local.events = config.events;
+    let local = Arc::new(SqliteStore::open(local).unwrap());
     let sidecar: Arc<dyn Sidecar> = local.clone();
     let store = Arc::new(SalesforceStore::open(config, sidecar, Matching::default()).await.unwrap());
     Env { org, store, local, dir }
