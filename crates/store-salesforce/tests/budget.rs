@@ -243,3 +243,26 @@ async fn the_org_refusing_the_data_is_a_rejection_naming_its_code() {
     }
     assert_eq!(env.org.records("Lead").len(), 1, "nothing written");
 }
+
+/// With events on, a hand-over's event names the replaced record's owner by RM code: known from the cache
+/// it costs nothing more; unknown, one user lookup, made before the write.
+#[tokio::test]
+async fn events_name_a_replaced_owner_with_at_most_one_lookup() {
+    for (cache, expected) in [(std::time::Duration::from_secs(300), 2), (std::time::Duration::ZERO, 3)] {
+        let env = support::env_on(support::org().await, |c| {
+            c.events = true;
+            c.owner_cache = cache;
+        })
+        .await;
+        env.store.create(&request(CustomerType::Ntb, "079123456789", "CARD", "RM001"), &ctx("r1")).await.unwrap();
+        take(&env.org);
+        let replaced = request(CustomerType::Ntb, "079123456789", "CARD", "RM002");
+        assert_eq!(env.store.create(&replaced, &ctx("r2")).await.unwrap().result, CreateResult::Replaced);
+        let calls = take(&env.org);
+        assert_eq!(calls.len(), expected, "cache {cache:?}: {:?}", calls.iter().map(|c| &c.path).collect::<Vec<_>>());
+        if expected == 3 {
+            let lookup: Vec<String> = calls[1].subrequests.iter().map(|(_, u)| decoded(u)).collect();
+            assert!(lookup.len() == 1 && lookup[0].contains("FROM User WHERE Id IN"), "{lookup:?}");
+        }
+    }
+}

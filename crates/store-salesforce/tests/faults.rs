@@ -1,7 +1,7 @@
 //! Faults of the org, as Salesforce documents them, and what the adapter makes of each: an expired session
 //! is renewed once, transient failures of reads are retried, a write whose answer is lost is read back, the
 //! daily limit and a persistent outage open the circuit breaker, and a conversion cut short is finished by
-//! the next call.
+//! the next call (with its `opportunity.converted` event, still owed).
 
 mod support;
 
@@ -11,6 +11,7 @@ use lifecycle::{CreateResult, CustomerType, RecordType, Status};
 use salesforce_fake::Fault;
 use serde_json::json;
 use store::contract::{ctx, request};
+use store::events::Outbox;
 use store::{Store, StoreError};
 
 fn ntb(id: &str) -> store::CreateRequest {
@@ -132,7 +133,14 @@ async fn a_persistent_outage_opens_the_breaker_then_it_recovers() {
 
 #[tokio::test]
 async fn a_conversion_cut_short_is_finished_by_the_retry() {
-    let env = support::env().await;
+    let env = support::env_on(support::org().await, |c| c.events = true).await;
+    // (type, record, request) of each event in the local store's outbox.
+    let events = || async {
+        let pending = env.local.pending(100).await.unwrap();
+        let bodies = pending.iter().map(|p| serde_json::from_str::<serde_json::Value>(&p.event.body).unwrap());
+        let text = |e: &serde_json::Value, name: &str| e[name].as_str().unwrap_or_default().to_owned();
+        bodies.map(|e| (text(&e, "type"), text(&e, "recordId"), text(&e, "requestId"))).collect::<Vec<_>>()
+    };
     let lead = env.store.create(&ntb("C1"), &ctx("r1")).await.unwrap();
     // Read and convertLead go through; the update that sets the won stage fails.
     env.org.fail_next(Fault::DelayBefore(Duration::ZERO), 2);
@@ -144,6 +152,11 @@ async fn a_conversion_cut_short_is_finished_by_the_retry() {
     assert_eq!(converted["IsConverted"], json!(true));
     let opp = converted["ConvertedOpportunityId"].as_str().unwrap().to_owned();
     assert_eq!(env.org.record("Opportunity", &opp).unwrap()["IsWon"], json!(false), "half done");
+    let lead_events = vec![
+        ("lead.created".to_owned(), lead.id.clone(), "r1".to_owned()),
+        ("lead.won".to_owned(), lead.id.clone(), "r2".to_owned()),
+    ];
+    assert_eq!(events().await, lead_events, "the lead's change stands, and so does its event");
 
     env.org.clear_calls();
     let won = env.store.close_won(RecordType::Lead, &lead.id, true, &ctx("r3")).await.unwrap();
@@ -153,10 +166,13 @@ async fn a_conversion_cut_short_is_finished_by_the_retry() {
     let history = env.store.get(RecordType::Opportunity, &opp).await.unwrap().unwrap().history;
     assert_eq!(history.len(), 1);
     assert_eq!((history[0].from, history[0].to), (None, Status::CloseWon));
+    let converted = ("opportunity.converted".to_owned(), opp.clone(), "r3".to_owned());
+    assert_eq!(events().await, [lead_events.clone(), vec![converted.clone()]].concat(), "the event still owed");
     // Done now: a further repeat changes nothing and reads once.
     env.org.clear_calls();
     env.store.close_won(RecordType::Lead, &lead.id, true, &ctx("r4")).await.unwrap();
     assert_eq!(env.org.calls().len(), 1);
+    assert_eq!(events().await, [lead_events, vec![converted]].concat(), "and no event twice");
 }
 
 #[tokio::test]
