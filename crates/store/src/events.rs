@@ -129,13 +129,14 @@ pub fn on_close_won(
         RecordType::Lead => outcome.opportunity.as_ref().map(|o| o.id.clone()),
         RecordType::Opportunity => None,
     };
-    let won = |kind, record_type, record_id: &RecordId, from, related: Option<RecordId>| Change {
+    // The converted opportunity is new: like a creation, it had no owner before (`from` is None too).
+    let won = |kind, record_type, record_id: &RecordId, from: Option<Status>, related: Option<RecordId>| Change {
         kind,
         record_type,
         record_id: record_id.clone(),
         from,
         to: Status::CloseWon,
-        owner_before: Some(owner.clone()),
+        owner_before: from.map(|_| owner.clone()),
         owner_after: owner.clone(),
         product: product.clone(),
         reason: ctx.reason.clone(),

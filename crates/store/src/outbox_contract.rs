@@ -165,6 +165,7 @@ pub async fn outbox_every_change_once_in_order<G>(open: impl Open<G>) {
     );
     assert_eq!(field(&events[4], "relatedRecordId").as_str(), Some(second.id.as_str()));
     assert_eq!(field(&events[4], "product").as_str(), Some("CREDIT_CARD"));
+    assert_eq!(owners(&events[4]), (None, Some("RM002")), "a converted opportunity had no owner before");
     assert_eq!(owners(&events[6]), (Some("RM009"), Some("RM009")));
     assert_eq!(field(&events[6], "product").as_str(), Some("PERSONAL_LOAN"));
     assert_eq!(field(&events[6], "reason").as_str(), Some("NCB_REJECTED"));

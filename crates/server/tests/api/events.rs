@@ -129,7 +129,7 @@ every_backend! {
         assert_eq!(owners(&events[1]), (Some("RM001"), Some("RM002")), "a hand-over names both owners");
         assert_eq!(owners(&events[2]), (Some("RM001"), Some("RM002")));
         assert_eq!(owners(&events[3]), (Some("RM002"), Some("RM002")));
-        assert_eq!(events[4]["ownerAfter"], "RM002");
+        assert_eq!(owners(&events[4]), (None, Some("RM002")), "a converted opportunity had no owner before");
         assert_eq!(owners(&events[6]), (Some("RM003"), Some("RM003")));
         assert_eq!((events[6]["product"].as_str(), events[4]["product"].as_str()), (Some("AUTO_LOAN"), Some("CREDIT_CARD")));
         assert_eq!(events[1]["relatedRecordId"], events[2]["recordId"]);
