@@ -256,9 +256,11 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    values.sort_by(f64::total_cmp);
     let n = values.len();
-    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+    // The upper middle one in place; for an even count, the lower middle one is the largest below it.
+    let (below, upper, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *upper;
+    Some(if n % 2 == 1 { upper } else { (below.iter().copied().fold(f64::NEG_INFINITY, f64::max) + upper) / 2.0 })
 }
 
 /// The reports every backend answers. Each call reads, never writes, and is bounded (see the module).
@@ -319,6 +321,17 @@ mod tests {
         assert_eq!(median(&mut [3.0]), Some(3.0));
         assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
         assert_eq!(median(&mut [5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&mut [9.0, 2.0, 7.0, 1.0]), Some(4.5));
+        assert_eq!(median(&mut [2.0, 2.0, 8.0, 8.0, 2.0, 8.0]), Some(5.0));
+        // Against the definition (sort, take the middle), over many shuffled lengths and duplicates.
+        for n in 1..200_u64 {
+            let mut values: Vec<f64> = (0..n).map(|i| ((i * 7919 + n * 31) % 53) as f64 / 4.0).collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let m = sorted.len();
+            let want = if m % 2 == 1 { sorted[m / 2] } else { (sorted[m / 2 - 1] + sorted[m / 2]) / 2.0 };
+            assert_eq!(median(&mut values), Some(want), "n = {n}");
+        }
     }
 
     #[test]

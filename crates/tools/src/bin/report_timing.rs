@@ -31,6 +31,9 @@ struct Args {
     /// Runs of each report
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Time a store loaded by an earlier run, as it is (migrations still run)
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// The end of the loaded year.
@@ -38,19 +41,20 @@ const END: OffsetDateTime = datetime!(2026-11-27 00:00 UTC);
 const YEAR_SECONDS: i64 = 365 * 86_400;
 
 /// Record `i`: blocks of ten share a type; `i % 10` decides the status (0-3 open, 4-5 won, 6-9 lost; 9 is
-/// replaced by record `i + 1`, same key, created at the instant `i` closed).
+/// replaced by record `i + 1`, same key and type, another owner, created at the instant `i` closed).
 const SQLITE: &str = "
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1),
-r AS (SELECT i, ?2 - (?1 - i) * ?3 / ?1 AS created, (?2 - (?1 - i - 1) * ?3 / ?1) AS next FROM n)
+r AS (SELECT i, ?2 - (?1 - i) * ?3 / ?1 AS created, (?2 - (?1 - i - 1) * ?3 / ?1) AS next,
+          (CASE WHEN i % 10 = 0 AND i > 0 THEN i - 1 ELSE i END) / 10 % 2 AS block FROM n)
 INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, product, channel,
                      created_at, updated_at)
 SELECT printf('T%09d', i),
-       CASE WHEN (i / 10) % 2 = 0 THEN 'LEAD' ELSE 'OPPORTUNITY' END,
-       CASE WHEN i % 10 < 4 THEN CASE WHEN (i / 10) % 2 = 0 THEN 'New Lead' ELSE 'New Opportunity' END
+       CASE WHEN block = 0 THEN 'LEAD' ELSE 'OPPORTUNITY' END,
+       CASE WHEN i % 10 < 4 THEN CASE WHEN block = 0 THEN 'New Lead' ELSE 'New Opportunity' END
             WHEN i % 10 < 6 THEN 'Close Won' ELSE 'Close Lost' END,
        printf('TK%09d', CASE WHEN i % 10 = 0 AND i > 0 THEN i - 1 ELSE i END),
        printf('RM%03d', CASE WHEN i % 10 = 0 AND i > 0 THEN (i * 7 + 13) % 200 ELSE (i * 7) % 200 END),
-       CASE WHEN (i / 10) % 2 = 0 THEN 'NTB' ELSE 'ETB' END,
+       CASE WHEN block = 0 THEN 'NTB' ELSE 'ETB' END,
        printf('TK%09d', i),
        CASE (i / 4) % 5 WHEN 0 THEN 'CREDIT_CARD' WHEN 1 THEN 'PERSONAL_LOAN' WHEN 2 THEN 'SAVINGS'
                         WHEN 3 THEN 'MORTGAGE' ELSE 'INSURANCE' END,
@@ -76,12 +80,12 @@ const POSTGRES: &[&str] = &[
     "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, product, channel,
                           created_at, updated_at)
      SELECT 'T' || lpad(i::text, 9, '0'),
-            CASE WHEN (i / 10) % 2 = 0 THEN 'LEAD' ELSE 'OPPORTUNITY' END,
-            CASE WHEN i % 10 < 4 THEN CASE WHEN (i / 10) % 2 = 0 THEN 'New Lead' ELSE 'New Opportunity' END
+            CASE WHEN block = 0 THEN 'LEAD' ELSE 'OPPORTUNITY' END,
+            CASE WHEN i % 10 < 4 THEN CASE WHEN block = 0 THEN 'New Lead' ELSE 'New Opportunity' END
                  WHEN i % 10 < 6 THEN 'Close Won' ELSE 'Close Lost' END,
             'TK' || lpad((CASE WHEN i % 10 = 0 AND i > 0 THEN i - 1 ELSE i END)::text, 9, '0'),
             'RM' || lpad((CASE WHEN i % 10 = 0 AND i > 0 THEN (i * 7 + 13) % 200 ELSE (i * 7) % 200 END)::text, 3, '0'),
-            CASE WHEN (i / 10) % 2 = 0 THEN 'NTB' ELSE 'ETB' END,
+            CASE WHEN block = 0 THEN 'NTB' ELSE 'ETB' END,
             'TK' || lpad(i::text, 9, '0'),
             (ARRAY['CREDIT_CARD', 'PERSONAL_LOAN', 'SAVINGS', 'MORTGAGE', 'INSURANCE'])[(i / 4) % 5 + 1],
             (ARRAY['MOBILE_APP', 'LENDING_APP', 'CARDS_APP', 'BRANCH'])[i % 4 + 1],
@@ -89,7 +93,8 @@ const POSTGRES: &[&str] = &[
             to_timestamp(CASE WHEN i % 10 < 4 THEN $2 - ($1 - i) * $3 / $1
                               WHEN i % 10 = 9 THEN $2 - ($1 - i - 1) * $3 / $1
                               ELSE $2 - ($1 - i) * $3 / $1 + (i % 97 + 1) * 3600 END)
-     FROM generate_series(0::bigint, $1 - 1) AS i",
+     FROM generate_series(0::bigint, $1 - 1) AS i,
+          LATERAL (SELECT (CASE WHEN i % 10 = 0 AND i > 0 THEN i - 1 ELSE i END) / 10 % 2 AS block) AS b",
     "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
      SELECT id, NULL, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, created_at, 'load',
             channel, NULL
@@ -104,10 +109,13 @@ const POSTGRES: &[&str] = &[
     "ANALYZE",
 ];
 
-async fn open(url: &str, n: u64) -> Box<dyn Reports> {
+async fn open(url: &str, n: u64, load: bool) -> Box<dyn Reports> {
     let end = END.unix_timestamp();
     if let Some(path) = url.strip_prefix("sqlite://") {
         let store = store_sqlite::SqliteStore::open(store_sqlite::SqliteConfig::new(path)).expect("open SQLite");
+        if !load {
+            return Box::new(store);
+        }
         let conn = rusqlite::Connection::open(path).expect("connect");
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; BEGIN;").expect("begin");
         let mut statements = SQLITE.split_inclusive(';');
@@ -122,6 +130,9 @@ async fn open(url: &str, n: u64) -> Box<dyn Reports> {
     let mut config = store_postgres::PgConfig::new(url);
     config.statement_timeout = Duration::from_secs(600);
     let store = store_postgres::PgStore::open(config).await.expect("open PostgreSQL");
+    if !load {
+        return Box::new(store);
+    }
     for (i, sql) in POSTGRES.iter().enumerate() {
         let q = sqlx::query(sql);
         let q = if i == 0 { q.bind(n as i64).bind(end).bind(YEAR_SECONDS) } else { q };
@@ -152,8 +163,10 @@ async fn time_it<T, F: std::future::Future<Output = T>>(
 async fn main() {
     let args = Args::parse();
     let t = Instant::now();
-    let store = open(&args.store, args.records).await;
-    println!("loaded {} records in {:.1}s", args.records, t.elapsed().as_secs_f64());
+    let store = open(&args.store, args.records, !args.reuse).await;
+    if !args.reuse {
+        println!("loaded {} records in {:.1}s", args.records, t.elapsed().as_secs_f64());
+    }
     let r = &*store;
     let mobile = Some(Channel::parse("MOBILE_APP").expect("a channel"));
     let stale = StaleQuery::new(END, 30, 100).expect("a query");
