@@ -12,6 +12,7 @@ use store::reports::{
     StaleRecord, MAX_GROUPS,
 };
 use store::StoreError;
+use time::Date;
 
 use crate::read::{error, format_time, parse_time, Readers};
 
@@ -107,30 +108,60 @@ fn funnel(conn: &Connection, s: Source, period: &Period, group_by: GroupBy) -> R
     Ok(Rows::capped(out))
 }
 
+/// The whole days from the daily counts (migration 0008), the ragged ends from the changes themselves.
 fn rejections(conn: &Connection, s: Source, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+    let split = period.split_days();
+    let mut parts = Vec::new();
+    let mut read = |sql: &str, args: &[Option<String>]| -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(error)?;
+        while let Some(r) = rows.next().map_err(error)? {
+            parts.push(RejectionRow {
+                reason: r
+                    .get::<_, Option<String>>(0)
+                    .map_err(error)?
+                    .filter(|x| !x.is_empty())
+                    .map(Reason::from_stored),
+                channel: Channel::from_stored(r.get(1).map_err(error)?),
+                product: Product::from_stored(r.get(2).map_err(error)?),
+                count: count(r, 3)?,
+            });
+        }
+        Ok(())
+    };
+    if let Some((first, end)) = split.days {
+        read(
+            "SELECT reason, channel, product, SUM(n) FROM report_rejections
+             WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
+               AND (?4 IS NULL OR product = ?4)
+             GROUP BY reason, channel, product",
+            &day_args(period, first, end, s.tag),
+        )?;
+    }
     let sql = format!(
-        "SELECT h.reason, r.channel, r.product, COUNT(*) AS n
+        "SELECT h.reason, r.channel, r.product, COUNT(*)
          FROM {history} h JOIN {records} r ON r.id = h.record_id
          WHERE h.to_status = 'Close Lost' AND h.at >= ?1 AND h.at < ?2
            AND (?3 IS NULL OR r.channel = ?3) AND (?4 IS NULL OR r.product = ?4)
-         GROUP BY h.reason, r.channel, r.product
-         ORDER BY n DESC, COALESCE(h.reason, ''), r.channel, r.product LIMIT {limit}",
+         GROUP BY h.reason, r.channel, r.product",
         history = s.history,
         records = s.records,
-        limit = MAX_GROUPS + 1
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
-    let mut rows = stmt.query(period_args(period)).map_err(error)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(error)? {
-        out.push(RejectionRow {
-            reason: r.get::<_, Option<String>>(0).map_err(error)?.map(Reason::from_stored),
-            channel: Channel::from_stored(r.get(1).map_err(error)?),
-            product: Product::from_stored(r.get(2).map_err(error)?),
-            count: count(r, 3)?,
-        });
+    for edge in &split.edges {
+        read(&sql, &period_args(edge))?;
     }
-    Ok(Rows::capped(out))
+    Ok(RejectionRow::merge(parts))
+}
+
+/// `YYYY-MM-DD`, as the daily counts name their day.
+fn day(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// `?1`–`?4` for days `[first, end)` and the period's filters, `?5` the source's tag.
+fn day_args(period: &Period, first: Date, end: Date, tag: &str) -> [Option<String>; 5] {
+    let [_, _, channel, product] = period_args(period);
+    [Some(day(first)), Some(day(end)), channel, product, Some(tag.to_owned())]
 }
 
 fn period_args(period: &Period) -> [Option<String>; 4] {
@@ -142,33 +173,48 @@ fn period_args(period: &Period) -> [Option<String>; 4] {
     ]
 }
 
+/// Like [`rejections`]: whole days from the daily counts, the ragged ends from the changes.
 fn handovers(conn: &Connection, s: Source, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+    let split = period.split_days();
+    let mut parts = Vec::new();
+    let mut read = |sql: &str, args: &[Option<String>]| -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(error)?;
+        while let Some(r) = rows.next().map_err(error)? {
+            parts.push(HandoverRow {
+                from_owner: OwnerId::from_stored(r.get(0).map_err(error)?),
+                to_owner: OwnerId::from_stored(r.get(1).map_err(error)?),
+                count: count(r, 2)?,
+            });
+        }
+        Ok(())
+    };
+    if let Some((first, end)) = split.days {
+        read(
+            "SELECT from_owner, to_owner, SUM(n) FROM report_handovers
+             WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
+               AND (?4 IS NULL OR product = ?4)
+             GROUP BY from_owner, to_owner",
+            &day_args(period, first, end, s.tag),
+        )?;
+    }
     // A replacement closes the old records and creates the new one in one step, at one instant, on one key.
     let sql = format!(
-        "SELECT o.owner_id, n.owner_id, COUNT(*) AS c
+        "SELECT o.owner_id, n.owner_id, COUNT(*)
          FROM {history} h
          JOIN {records} o ON o.id = h.record_id
          JOIN {records} n ON n.match_key = o.match_key AND n.record_type = o.record_type AND n.created_at = h.at
                           AND n.id <> o.id
          WHERE h.to_status = 'Close Lost' AND h.reason = 'OWNER_CHANGED' AND h.at >= ?1 AND h.at < ?2
            AND (?3 IS NULL OR o.channel = ?3) AND (?4 IS NULL OR o.product = ?4)
-         GROUP BY o.owner_id, n.owner_id
-         ORDER BY c DESC, o.owner_id, n.owner_id LIMIT {limit}",
+         GROUP BY o.owner_id, n.owner_id",
         history = s.history,
         records = s.records,
-        limit = MAX_GROUPS + 1
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(error)?;
-    let mut rows = stmt.query(period_args(period)).map_err(error)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(error)? {
-        out.push(HandoverRow {
-            from_owner: OwnerId::from_stored(r.get(0).map_err(error)?),
-            to_owner: OwnerId::from_stored(r.get(1).map_err(error)?),
-            count: count(r, 2)?,
-        });
+    for edge in &split.edges {
+        read(&sql, &period_args(edge))?;
     }
-    Ok(Rows::capped(out))
+    Ok(HandoverRow::merge(parts))
 }
 
 fn stale(conn: &Connection, s: Source, query: &StaleQuery) -> Result<StalePage, StoreError> {

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_outbox", include_str!("../migrations/0005_outbox.sql")),
     ("0006_report_indexes", include_str!("../migrations/0006_report_indexes.sql")),
     ("0007_id_number_case", include_str!("../migrations/0007_id_number_case.sql")),
+    ("0008_report_rollups", include_str!("../migrations/0008_report_rollups.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {

@@ -161,3 +161,74 @@ async fn id_numbers_are_upper_cased_and_colliding_open_records_merged() {
     assert_eq!(all.unwrap().leads.len(), 3);
     store.shutdown();
 }
+
+/// Migration 0008: the daily counts of rejections and hand-overs start with what the store already holds, so
+/// reports over whole days answer as the changes themselves do.
+#[tokio::test]
+async fn daily_counts_start_from_the_history_already_stored() {
+    use store::reports::{HandoverRow, Period, RejectionRow};
+    use store::Reports;
+    use time::macros::datetime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let index = store_sqlite::MIGRATIONS.iter().position(|(name, _)| *name == "0008_report_rollups").unwrap();
+    {
+        let conn = Connection::open(&path).unwrap();
+        for (_, sql) in &store_sqlite::MIGRATIONS[..index] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", index as i64).unwrap();
+        // a (RM1) replaced by b (RM2) on 2026-01-01; c lost to the credit bureau on 2026-01-02.
+        let record = |id: &str, status: &str, owner: &str, created: &str, updated: &str| {
+            conn.execute(
+                "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number,
+                     product, channel, created_at, updated_at)
+                 VALUES (?1, 'LEAD', ?2, 'K/CARD', ?3, 'NTB', 'K', 'CARD', 'MOBILE_APP', ?4, ?5)",
+                [id, status, owner, created, updated],
+            )
+            .unwrap();
+        };
+        let change = |id: &str, from: Option<&str>, to: &str, at: &str, reason: Option<&str>| {
+            conn.execute(
+                "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+                 VALUES (?1, ?2, ?3, ?4, 'r', 'MOBILE_APP', ?5)",
+                rusqlite::params![id, from, to, at, reason],
+            )
+            .unwrap();
+        };
+        let (t0, t1, t2) =
+            ("2026-01-01T08:00:00.000000Z", "2026-01-01T09:00:00.000000Z", "2026-01-02T10:00:00.000000Z");
+        record("a", "Close Lost", "RM1", t0, t1);
+        record("b", "Close Lost", "RM2", t1, t2);
+        change("a", None, "New Lead", t0, None);
+        change("a", Some("New Lead"), "Close Lost", t1, Some("OWNER_CHANGED"));
+        change("b", None, "New Lead", t1, None);
+        change("b", Some("New Lead"), "Close Lost", t2, Some("NCB_REJECTED"));
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let rejection = |reason: &str, count| RejectionRow {
+        reason: Some(lifecycle::Reason::parse(reason).unwrap()),
+        channel: lifecycle::Channel::parse("MOBILE_APP").unwrap(),
+        product: lifecycle::Product::parse("CARD").unwrap(),
+        count,
+    };
+    let handover = HandoverRow {
+        from_owner: lifecycle::OwnerId::parse("RM1").unwrap(),
+        to_owner: lifecycle::OwnerId::parse("RM2").unwrap(),
+        count: 1,
+    };
+    for (from, to) in [
+        (datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-03 00:00 UTC)), // whole days: the counts
+        (datetime!(2026-01-01 07:00 UTC), datetime!(2026-01-02 11:00 UTC)), // the changes themselves
+    ] {
+        let period = Period::new(from, to);
+        let rejections = store.rejections(&period).await.unwrap().rows;
+        assert_eq!(rejections, [rejection("NCB_REJECTED", 1), rejection("OWNER_CHANGED", 1)], "{from} - {to}");
+        assert_eq!(store.handovers(&period).await.unwrap().rows, [handover.clone()], "{from} - {to}");
+    }
+    // One day only: the hand-over's.
+    let first = Period::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-02 00:00 UTC));
+    assert_eq!(store.rejections(&first).await.unwrap().rows, [rejection("OWNER_CHANGED", 1)]);
+    store.shutdown();
+}

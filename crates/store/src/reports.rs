@@ -8,7 +8,9 @@
 
 use async_trait::async_trait;
 use lifecycle::{Channel, OwnerId, Product, Reason, RecordId, RecordType, Status};
-use time::{Date, Duration, OffsetDateTime, Time};
+use std::collections::HashMap;
+
+use time::{Date, Duration, OffsetDateTime, Time, UtcOffset};
 
 use crate::StoreError;
 
@@ -64,9 +66,35 @@ impl Period {
         self.from
     }
 
+    /// The whole UTC days inside the period (which the daily counts answer), and the parts of it before and
+    /// after them (which the changes themselves answer). Every part keeps the period's filters.
+    pub fn split_days(&self) -> DaySplit {
+        let (from, to) = (self.from.to_offset(UtcOffset::UTC), self.to.to_offset(UtcOffset::UTC));
+        let midnight = |t: OffsetDateTime| t.replace_time(Time::MIDNIGHT);
+        let first = if from == midnight(from) { Some(from) } else { midnight(from).checked_add(Duration::DAY) };
+        let last = midnight(to);
+        let part = |a: OffsetDateTime, b: OffsetDateTime| {
+            (a < b).then(|| Period { from: a, to: b, channel: self.channel.clone(), product: self.product.clone() })
+        };
+        match first {
+            Some(first) if first < last => DaySplit {
+                days: Some((first.date(), last.date())),
+                edges: [part(from, first), part(last, to)].into_iter().flatten().collect(),
+            },
+            _ => DaySplit { days: None, edges: part(from, to).into_iter().collect() },
+        }
+    }
+
     pub fn to(&self) -> OffsetDateTime {
         self.to
     }
+}
+
+/// A period cut at UTC midnights: the days `[first, end)` wholly inside it, if any, and the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaySplit {
+    pub days: Option<(Date, Date)>,
+    pub edges: Vec<Period>,
 }
 
 /// What the funnel's groups are.
@@ -118,6 +146,32 @@ pub struct RejectionRow {
     pub count: u64,
 }
 
+impl RejectionRow {
+    /// Rows of several parts of a period, added up per reason, channel and product: most frequent first,
+    /// then by reason (none first), channel and product, at most [`MAX_GROUPS`].
+    pub fn merge(parts: impl IntoIterator<Item = RejectionRow>) -> Rows<RejectionRow> {
+        let mut sums: HashMap<(Option<Reason>, Channel, Product), u64> = HashMap::new();
+        for r in parts {
+            *sums.entry((r.reason, r.channel, r.product)).or_default() += r.count;
+        }
+        let mut rows: Vec<_> = sums
+            .into_iter()
+            .map(|((reason, channel, product), count)| RejectionRow { reason, channel, product, count })
+            .collect();
+        fn reason(r: &RejectionRow) -> &str {
+            r.reason.as_ref().map_or("", Reason::as_str)
+        }
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| reason(a).cmp(reason(b)))
+                .then_with(|| a.channel.as_str().cmp(b.channel.as_str()))
+                .then_with(|| a.product.as_str().cmp(b.product.as_str()))
+        });
+        Rows::capped(rows)
+    }
+}
+
 /// Owner changes in the period: records of `from_owner` closed (`OWNER_CHANGED`) and replaced by one of
 /// `to_owner`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +179,28 @@ pub struct HandoverRow {
     pub from_owner: OwnerId,
     pub to_owner: OwnerId,
     pub count: u64,
+}
+
+impl HandoverRow {
+    /// Rows of several parts of a period, added up per pair of owners: most frequent first, then by the
+    /// owners, at most [`MAX_GROUPS`].
+    pub fn merge(parts: impl IntoIterator<Item = HandoverRow>) -> Rows<HandoverRow> {
+        let mut sums: HashMap<(OwnerId, OwnerId), u64> = HashMap::new();
+        for r in parts {
+            *sums.entry((r.from_owner, r.to_owner)).or_default() += r.count;
+        }
+        let mut rows: Vec<_> = sums
+            .into_iter()
+            .map(|((from_owner, to_owner), count)| HandoverRow { from_owner, to_owner, count })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.from_owner.as_str().cmp(b.from_owner.as_str()))
+                .then_with(|| a.to_owner.as_str().cmp(b.to_owner.as_str()))
+        });
+        Rows::capped(rows)
+    }
 }
 
 /// Rows of a report, at most [`MAX_GROUPS`], and whether more were left off.
@@ -238,17 +314,21 @@ impl StalePage {
 /// The two relations a SQL adapter's report queries read (migration 0006 of each adapter): one row per
 /// record (`seq, id, record_type, status, owner_id, channel, product, match_key, created_at, closed_at,
 /// converted`) and one per status change (`record_id, to_status, at, reason`).
+///
+/// The close-lost changes and the hand-overs are also kept as counts per UTC day (migration 0008 of each
+/// adapter, kept up to date in each change's own transaction), under the source's `tag`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     pub records: &'static str,
     pub history: &'static str,
+    pub tag: &'static str,
 }
 
 impl Source {
     /// The store's own records and history.
-    pub const RECORDS: Source = Source { records: "report_records", history: "history" };
+    pub const RECORDS: Source = Source { records: "report_records", history: "history", tag: "records" };
     /// A CRM backend's audit.
-    pub const AUDIT: Source = Source { records: "audit_records", history: "audit" };
+    pub const AUDIT: Source = Source { records: "audit_records", history: "audit", tag: "audit" };
 }
 
 /// The median of `values` (the mean of the two middle ones for an even count); `None` when empty.
@@ -268,6 +348,13 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
 pub trait Reports: Send + Sync + 'static {
     /// Records created in the period, grouped, with where they stand now; groups in ascending order.
     async fn funnel(&self, period: &Period, group_by: GroupBy) -> Result<Rows<FunnelRow>, StoreError>;
+
+    /// Folds what the writes added since the last call into the daily counts, where a backend keeps the two
+    /// apart (PostgreSQL: many writers, so each adds rows and this adds them up); how many rows it folded.
+    /// The answers are the same before and after.
+    async fn fold(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// Close-lost changes in the period, most frequent first.
     async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError>;
@@ -313,6 +400,100 @@ mod tests {
         let far = StaleCursor::parse("999999999999999999.999999999999999999").unwrap();
         assert_eq!((far.created_at.year(), far.seq), (9999, 999_999_999_999_999_999));
         assert_eq!(StaleCursor::parse("0.0").unwrap().created_at, OffsetDateTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn periods_split_at_utc_midnights() {
+        use time::macros::{date, datetime};
+        let split = |from, to| Period::new(from, to).split_days();
+        let edges = |s: &DaySplit| s.edges.iter().map(|p| (p.from(), p.to())).collect::<Vec<_>>();
+
+        // Midnight to midnight: whole days only.
+        let s = split(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-31 00:00 UTC));
+        assert_eq!(s.days, Some((date!(2026 - 01 - 01), date!(2026 - 01 - 31))));
+        assert!(s.edges.is_empty());
+
+        // Ragged ends: the days between, and the two pieces.
+        let s = split(datetime!(2026-01-01 10:00 UTC), datetime!(2026-01-03 07:30 UTC));
+        assert_eq!(s.days, Some((date!(2026 - 01 - 02), date!(2026 - 01 - 03))));
+        assert_eq!(
+            edges(&s),
+            [
+                (datetime!(2026-01-01 10:00 UTC), datetime!(2026-01-02 00:00 UTC)),
+                (datetime!(2026-01-03 00:00 UTC), datetime!(2026-01-03 07:30 UTC))
+            ]
+        );
+
+        // Less than a whole day, across midnight or inside one day: no days, the period itself.
+        let s = split(datetime!(2026-01-01 22:00 UTC), datetime!(2026-01-02 03:00 UTC));
+        assert_eq!(
+            (s.days, edges(&s)),
+            (None, vec![(datetime!(2026-01-01 22:00 UTC), datetime!(2026-01-02 03:00 UTC))])
+        );
+        let s = split(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-01 23:59 UTC));
+        assert_eq!(s.days, None);
+
+        // Exactly one day, and an empty period.
+        let s = split(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-02 00:00 UTC));
+        assert_eq!((s.days, s.edges.len()), (Some((date!(2026 - 01 - 01), date!(2026 - 01 - 02))), 0));
+        let s = split(datetime!(2026-01-01 05:00 UTC), datetime!(2026-01-01 05:00 UTC));
+        assert_eq!((s.days, s.edges.len()), (None, 0));
+
+        // Other offsets are cut at UTC midnights; filters stay on every part.
+        let p = Period::new(datetime!(2026-01-01 03:00 +05:00), datetime!(2026-01-03 12:00 +05:00))
+            .with_filters(Some(Channel::parse("MOBILE_APP").unwrap()), None);
+        let s = p.split_days();
+        assert_eq!(s.days, Some((date!(2026 - 01 - 01), date!(2026 - 01 - 03))));
+        assert_eq!(
+            edges(&s),
+            [
+                (datetime!(2025-12-31 22:00 UTC), datetime!(2026-01-01 00:00 UTC)),
+                (datetime!(2026-01-03 00:00 UTC), datetime!(2026-01-03 07:00 UTC))
+            ]
+        );
+        assert!(s.edges.iter().all(|e| e.channel == p.channel && e.product.is_none()));
+
+        // At the end of the calendar nothing overflows.
+        let s = split(datetime!(9999-12-31 12:00 UTC), datetime!(9999-12-31 23:00 UTC));
+        assert_eq!(s.days, None);
+    }
+
+    #[test]
+    fn parts_add_up_and_sort() {
+        let ch = |c: &str| Channel::parse(c).unwrap();
+        let pr = |p: &str| Product::parse(p).unwrap();
+        let rej = |reason: Option<&str>, c: &str, p: &str, count| RejectionRow {
+            reason: reason.map(|r| Reason::parse(r).unwrap()),
+            channel: ch(c),
+            product: pr(p),
+            count,
+        };
+        let merged = RejectionRow::merge([
+            rej(Some("NCB_REJECTED"), "MOBILE_APP", "SAVINGS", 2),
+            rej(None, "MOBILE_APP", "SAVINGS", 3),
+            rej(Some("AML_REJECTED"), "MOBILE_APP", "SAVINGS", 3),
+            rej(Some("NCB_REJECTED"), "MOBILE_APP", "SAVINGS", 1),
+            rej(Some("NCB_REJECTED"), "BRANCH", "SAVINGS", 5),
+        ]);
+        assert_eq!(
+            merged.rows,
+            [
+                rej(Some("NCB_REJECTED"), "BRANCH", "SAVINGS", 5),
+                rej(None, "MOBILE_APP", "SAVINGS", 3),
+                rej(Some("AML_REJECTED"), "MOBILE_APP", "SAVINGS", 3),
+                rej(Some("NCB_REJECTED"), "MOBILE_APP", "SAVINGS", 3),
+            ]
+        );
+        assert!(!merged.truncated);
+
+        let owner = |o: &str| OwnerId::parse(o).unwrap();
+        let ho = |a: &str, b: &str, count| HandoverRow { from_owner: owner(a), to_owner: owner(b), count };
+        let merged =
+            HandoverRow::merge([ho("RM2", "RM1", 1), ho("RM1", "RM2", 2), ho("RM2", "RM1", 1), ho("RM1", "RM3", 2)]);
+        assert_eq!(merged.rows, [ho("RM1", "RM2", 2), ho("RM1", "RM3", 2), ho("RM2", "RM1", 2)]);
+
+        let many = HandoverRow::merge((0..=MAX_GROUPS).map(|i| ho(&format!("RM{i}"), "RM0", 1)));
+        assert_eq!((many.rows.len(), many.truncated), (MAX_GROUPS, true));
     }
 
     #[test]
