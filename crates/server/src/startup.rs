@@ -192,7 +192,7 @@ impl Application {
             events: relay.as_ref().map(Relay::status_handle),
         };
         observability::handle();
-        let purge = purge_expired_keys(state.store.clone(), settings.idempotency_ttl);
+        let purge = housekeeping(state.store.clone(), settings.idempotency_ttl);
         let router = api::router(state);
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -253,8 +253,9 @@ impl Application {
     }
 }
 
-/// Deletes expired idempotency keys now and then (every tenth of their lifetime, at most every 10 minutes).
-fn purge_expired_keys(store: Arc<dyn Backend>, ttl: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+/// Now and then (every tenth of the idempotency keys' lifetime, at most every 10 minutes): deletes the expired
+/// keys, and folds what the writes added to the reports' daily counts (where a backend keeps them apart).
+fn housekeeping(store: Arc<dyn Backend>, ttl: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     let every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     Box::pin(async move {
         let mut tick = tokio::time::interval(every);
@@ -264,6 +265,11 @@ fn purge_expired_keys(store: Arc<dyn Backend>, ttl: Duration) -> std::pin::Pin<B
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "expired idempotency keys deleted"),
                 Err(e) => tracing::warn!(error = %e, "cannot purge expired idempotency keys"),
+            }
+            match store.fold().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(folded = n, "reports' daily counts folded"),
+                Err(e) => tracing::warn!(error = %e, "cannot fold the reports' daily counts"),
             }
         }
     })

@@ -260,6 +260,9 @@ impl store::Reports for PgStore {
     async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
         self.reporter().rejections(period).await
     }
+    async fn fold(&self) -> Result<u64, StoreError> {
+        self.reporter().fold().await
+    }
     async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
         self.reporter().handovers(period).await
     }

@@ -11,7 +11,7 @@ use store::reports::{
     MAX_GROUPS,
 };
 use store::StoreError;
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::error;
 
@@ -50,9 +50,26 @@ fn query_period<'q>(
         .bind(period.product.as_ref().map(Product::as_str))
 }
 
+/// The advisory lock that keeps two processes from folding the daily counts at once (its own number: the
+/// key locks of the write path are hashes of matching keys, see `write::key_lock_id`).
+const FOLD_LOCK: i64 = 0x5245_504f_5254_0001;
+
 impl Reporter {
     async fn rows(&self, sql: &str, period: &Period) -> Result<Vec<PgRow>, StoreError> {
         query_period(sql, period).fetch_all(&self.pool).await.map_err(error)
+    }
+
+    /// Binds days `[first, end)` as `$1`, `$2`, the period's filters as `$3`, `$4`, and the source as `$5`.
+    async fn days(&self, sql: &str, period: &Period, first: Date, end: Date) -> Result<Vec<PgRow>, StoreError> {
+        sqlx::query(sql)
+            .bind(first)
+            .bind(end)
+            .bind(period.channel.as_ref().map(Channel::as_str))
+            .bind(period.product.as_ref().map(Product::as_str))
+            .bind(self.source.tag)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(error)
     }
 }
 
@@ -93,55 +110,125 @@ impl Reports for Reporter {
         Ok(Rows::capped(out))
     }
 
+    /// The whole days from the daily counts (migration 0008: the folded ones and those not yet folded), the
+    /// ragged ends from the changes themselves.
     async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
+        let split = period.split_days();
+        let mut rows = Vec::new();
+        if let Some((first, end)) = split.days {
+            let sql = "SELECT reason, channel, product, sum(n)::bigint FROM (
+                           SELECT reason, channel, product, n FROM report_rejections
+                           WHERE source = $5 AND day >= $1 AND day < $2
+                           UNION ALL
+                           SELECT reason, channel, product, n FROM report_rejections_new
+                           WHERE source = $5 AND day >= $1 AND day < $2) AS d
+                       WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
+                       GROUP BY reason, channel, product";
+            rows.extend(self.days(sql, period, first, end).await?);
+        }
         let sql = format!(
-            "SELECT h.reason, r.channel, r.product, COUNT(*) AS n
+            "SELECT h.reason, r.channel, r.product, count(*)
              FROM {history} h JOIN {records} r ON r.id = h.record_id
              WHERE h.to_status = 'Close Lost' AND h.at >= $1 AND h.at < $2
                AND ($3::text IS NULL OR r.channel = $3) AND ($4::text IS NULL OR r.product = $4)
-             GROUP BY h.reason, r.channel, r.product
-             ORDER BY n DESC, COALESCE(h.reason, ''), r.channel, r.product LIMIT {limit}",
+             GROUP BY h.reason, r.channel, r.product",
             history = self.source.history,
             records = self.source.records,
-            limit = MAX_GROUPS + 1
         );
-        let mut out = Vec::new();
-        for r in self.rows(&sql, period).await? {
-            out.push(RejectionRow {
-                reason: r.try_get::<Option<String>, _>(0).map_err(error)?.map(Reason::from_stored),
+        for edge in &split.edges {
+            rows.extend(self.rows(&sql, edge).await?);
+        }
+        let mut parts = Vec::with_capacity(rows.len());
+        for r in rows {
+            parts.push(RejectionRow {
+                reason: r
+                    .try_get::<Option<String>, _>(0)
+                    .map_err(error)?
+                    .filter(|x| !x.is_empty())
+                    .map(Reason::from_stored),
                 channel: Channel::from_stored(text(&r, 1)?),
                 product: Product::from_stored(text(&r, 2)?),
                 count: count(&r, 3)?,
             });
         }
-        Ok(Rows::capped(out))
+        Ok(RejectionRow::merge(parts))
     }
 
+    /// Like the rejections: whole days from the daily counts, the ragged ends from the changes.
     async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
+        let split = period.split_days();
+        let mut rows = Vec::new();
+        if let Some((first, end)) = split.days {
+            let sql = "SELECT from_owner, to_owner, sum(n)::bigint FROM (
+                           SELECT from_owner, to_owner, channel, product, n FROM report_handovers
+                           WHERE source = $5 AND day >= $1 AND day < $2
+                           UNION ALL
+                           SELECT from_owner, to_owner, channel, product, n FROM report_handovers_new
+                           WHERE source = $5 AND day >= $1 AND day < $2) AS d
+                       WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
+                       GROUP BY from_owner, to_owner";
+            rows.extend(self.days(sql, period, first, end).await?);
+        }
         // A replacement closes the old records and creates the new one in one step, at one instant, on one key.
         let sql = format!(
-            "SELECT o.owner_id, n.owner_id, COUNT(*) AS c
+            "SELECT o.owner_id, n.owner_id, count(*)
              FROM {history} h
              JOIN {records} o ON o.id = h.record_id
              JOIN {records} n ON n.match_key = o.match_key AND n.record_type = o.record_type
                               AND n.created_at = h.at AND n.id <> o.id
              WHERE h.to_status = 'Close Lost' AND h.reason = 'OWNER_CHANGED' AND h.at >= $1 AND h.at < $2
                AND ($3::text IS NULL OR o.channel = $3) AND ($4::text IS NULL OR o.product = $4)
-             GROUP BY o.owner_id, n.owner_id
-             ORDER BY c DESC, o.owner_id, n.owner_id LIMIT {limit}",
+             GROUP BY o.owner_id, n.owner_id",
             history = self.source.history,
             records = self.source.records,
-            limit = MAX_GROUPS + 1
         );
-        let mut out = Vec::new();
-        for r in self.rows(&sql, period).await? {
-            out.push(HandoverRow {
+        for edge in &split.edges {
+            rows.extend(self.rows(&sql, edge).await?);
+        }
+        let mut parts = Vec::with_capacity(rows.len());
+        for r in rows {
+            parts.push(HandoverRow {
                 from_owner: OwnerId::from_stored(text(&r, 0)?),
                 to_owner: OwnerId::from_stored(text(&r, 1)?),
                 count: count(&r, 2)?,
             });
         }
-        Ok(Rows::capped(out))
+        Ok(HandoverRow::merge(parts))
+    }
+
+    /// Moves the rows the triggers appended into the days' counts, in one transaction; another process
+    /// folding at the same time makes this one skip (the advisory lock), so two never add up the same rows.
+    async fn fold(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(error)?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(FOLD_LOCK).fetch_one(&mut *tx).await.map_err(error)?;
+        if !locked {
+            return Ok(0);
+        }
+        let rejections = sqlx::query(
+            "WITH moved AS (DELETE FROM report_rejections_new RETURNING source, day, reason, channel, product, n)
+             INSERT INTO report_rejections (source, day, reason, channel, product, n)
+             SELECT source, day, reason, channel, product, sum(n)::bigint FROM moved
+             GROUP BY source, day, reason, channel, product
+             ON CONFLICT (source, day, reason, channel, product) DO UPDATE SET n = report_rejections.n + EXCLUDED.n",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(error)?;
+        let handovers = sqlx::query(
+            "WITH moved AS (DELETE FROM report_handovers_new
+                            RETURNING source, day, from_owner, to_owner, channel, product, n)
+             INSERT INTO report_handovers (source, day, from_owner, to_owner, channel, product, n)
+             SELECT source, day, from_owner, to_owner, channel, product, sum(n)::bigint FROM moved
+             GROUP BY source, day, from_owner, to_owner, channel, product
+             ON CONFLICT (source, day, from_owner, to_owner, channel, product)
+             DO UPDATE SET n = report_handovers.n + EXCLUDED.n",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(error)?;
+        tx.commit().await.map_err(error)?;
+        Ok(rejections.rows_affected() + handovers.rows_affected())
     }
 
     async fn stale(&self, query: &StaleQuery) -> Result<StalePage, StoreError> {

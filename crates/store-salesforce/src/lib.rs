@@ -162,6 +162,9 @@ impl Reports for SalesforceStore {
     async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
         self.sidecar.audit_reports().rejections(period).await
     }
+    async fn fold(&self) -> Result<u64, StoreError> {
+        self.sidecar.audit_reports().fold().await
+    }
     async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
         self.sidecar.audit_reports().handovers(period).await
     }

@@ -58,7 +58,7 @@ END;
 
 -- The same from a CRM backend's audit, whose records are its creation entries (the view audit_records).
 CREATE TRIGGER audit_counts_rejection AFTER INSERT ON audit
-WHEN NEW.to_status = 'Close Lost' AND NEW.from_status IS NOT NULL
+WHEN NEW.to_status = 'Close Lost'
 BEGIN
     INSERT INTO report_rejections (source, day, reason, channel, product, n)
     SELECT 'audit', substr(NEW.at, 1, 10), COALESCE(NEW.reason, ''), r.channel, r.product, 1
@@ -92,7 +92,7 @@ GROUP BY 2, 3, 4, 5;
 INSERT INTO report_rejections (source, day, reason, channel, product, n)
 SELECT 'audit', substr(h.at, 1, 10), COALESCE(h.reason, ''), r.channel, r.product, COUNT(*)
 FROM audit h JOIN audit_records r ON r.id = h.record_id
-WHERE h.to_status = 'Close Lost' AND h.from_status IS NOT NULL
+WHERE h.to_status = 'Close Lost'
 GROUP BY 2, 3, 4, 5;
 
 INSERT INTO report_handovers (source, day, from_owner, to_owner, channel, product, n)

@@ -41,7 +41,9 @@ const END: OffsetDateTime = datetime!(2026-11-27 00:00 UTC);
 const YEAR_SECONDS: i64 = 365 * 86_400;
 
 /// Record `i`: blocks of ten share a type; `i % 10` decides the status (0-3 open, 4-5 won, 6-9 lost; 9 is
-/// replaced by record `i + 1`, same key and type, another owner, created at the instant `i` closed).
+/// replaced by record `i + 1`, same key and type, another owner, created at the instant `i` closed). The
+/// closing changes go in before the creations, as the service writes a replacement, so that the daily counts
+/// see each hand-over.
 const SQLITE: &str = "
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1),
 r AS (SELECT i, ?2 - (?1 - i) * ?3 / ?1 AS created, (?2 - (?1 - i - 1) * ?3 / ?1) AS next,
@@ -65,16 +67,16 @@ SELECT printf('T%09d', i),
                 'unixepoch')
 FROM r;
 INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
-SELECT id, NULL, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, created_at, 'load',
-       channel, NULL
-FROM records;
-INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
 SELECT id, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, status, updated_at, 'load',
        channel,
        CASE WHEN status = 'Close Won' THEN NULL
             ELSE CASE CAST(substr(id, 2) AS INTEGER) % 10 WHEN 6 THEN 'NCB_REJECTED' WHEN 7 THEN 'AML_REJECTED'
                  WHEN 8 THEN 'CUSTOMER_DECLINED' ELSE 'OWNER_CHANGED' END END
-FROM records WHERE status IN ('Close Won', 'Close Lost');";
+FROM records WHERE status IN ('Close Won', 'Close Lost');
+INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+SELECT id, NULL, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, created_at, 'load',
+       channel, NULL
+FROM records;";
 
 const POSTGRES: &[&str] = &[
     "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, product, channel,
@@ -96,16 +98,16 @@ const POSTGRES: &[&str] = &[
      FROM generate_series(0::bigint, $1 - 1) AS i,
           LATERAL (SELECT (CASE WHEN i % 10 = 0 AND i > 0 THEN i - 1 ELSE i END) / 10 % 2 AS block) AS b",
     "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
-     SELECT id, NULL, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, created_at, 'load',
-            channel, NULL
-     FROM records",
-    "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
      SELECT id, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, status, updated_at,
             'load', channel,
             CASE WHEN status = 'Close Won' THEN NULL
                  ELSE CASE substr(id, 2)::bigint % 10 WHEN 6 THEN 'NCB_REJECTED' WHEN 7 THEN 'AML_REJECTED'
                       WHEN 8 THEN 'CUSTOMER_DECLINED' ELSE 'OWNER_CHANGED' END END
      FROM records WHERE status IN ('Close Won', 'Close Lost')",
+    "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+     SELECT id, NULL, CASE record_type WHEN 'LEAD' THEN 'New Lead' ELSE 'New Opportunity' END, created_at, 'load',
+            channel, NULL
+     FROM records",
     "ANALYZE",
 ];
 
