@@ -200,8 +200,11 @@ impl Reports for Reporter {
     /// folding at the same time makes this one skip (the advisory lock), so two never add up the same rows.
     async fn fold(&self) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(error)?;
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(FOLD_LOCK).fetch_one(&mut *tx).await.map_err(error)?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(FOLD_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(error)?;
         if !locked {
             return Ok(0);
         }
