@@ -66,6 +66,13 @@ impl Period {
         self.from
     }
 
+    /// The period cut in two at its middle instant, each half with its filters.
+    pub fn halves(&self) -> (Period, Period) {
+        let middle = self.from + (self.to - self.from) / 2;
+        let part = |from, to| Period { from, to, channel: self.channel.clone(), product: self.product.clone() };
+        (part(self.from, middle), part(middle, self.to))
+    }
+
     /// The whole UTC days inside the period (which the daily counts answer), and the parts of it before and
     /// after them (which the changes themselves answer). Every part keeps the period's filters.
     pub fn split_days(&self) -> DaySplit {
@@ -456,6 +463,20 @@ mod tests {
         // At the end of the calendar nothing overflows.
         let s = split(datetime!(9999-12-31 12:00 UTC), datetime!(9999-12-31 23:00 UTC));
         assert_eq!(s.days, None);
+    }
+
+    #[test]
+    fn halves_cover_the_period_once() {
+        use time::macros::datetime;
+        let p = Period::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-02 00:00:00.000001 UTC))
+            .with_filters(None, Some(Product::parse("SAVINGS").unwrap()));
+        let (a, b) = p.halves();
+        assert_eq!((a.from(), a.to(), b.to()), (p.from(), b.from(), p.to()));
+        assert!(a.from() < a.to() && b.from() < b.to());
+        assert!(a.product == p.product && b.product == p.product);
+        let empty = Period::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-01 00:00 UTC));
+        let (a, b) = empty.halves();
+        assert!(a.is_empty() && b.is_empty());
     }
 
     #[test]
