@@ -7,13 +7,14 @@
 //!
 //! After each kill NATS runs and the binary is started again on the same store; then every acknowledged
 //! record's `created` event is in the stream, no event is there twice, and each key's events are numbered
-//! 1, 2, 3… in stream order. On SQLite and on PostgreSQL.
+//! 1, 2, 3… in stream order. On SQLite, on PostgreSQL, and on Salesforce (a fake org, a SQLite local store).
 
 use std::collections::HashSet;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use salesforce_fake::{FakeOrg, OrgConfig};
 use serde_json::{json, Value};
 use store_postgres::scratch::ScratchDb;
 
@@ -25,13 +26,14 @@ mod nats;
 const INT: &str = "/integration-service/int/api/crm/v1";
 const STREAM: &str = "CRM_EVENTS_KILL";
 
-fn start(store: &str, nats: &nats::Nats) -> (Child, String) {
+fn start(store: &str, nats: &nats::Nats, extra: &[(&str, String)]) -> (Child, String) {
     let url = nats.url();
-    let env = [
+    let mut env = vec![
         ("RUST_LOG", "warn,integration_service::startup=info"),
         ("CRM_EVENTS_NATS_URL", url.as_str()),
         ("CRM_EVENTS_STREAM", STREAM),
     ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
     let (child, addr) = binary::serve(&["--store", store], &env);
     (child, format!("http://{addr}"))
 }
@@ -100,17 +102,17 @@ async fn check(nats: &nats::Nats, acked: &HashSet<String>) {
     }
 }
 
-async fn kills(store: &str) {
+async fn kills(store: &str, extra: &[(&str, String)]) {
     let mut nats = nats::Nats::start();
     let mut acked = HashSet::new();
 
     // 1. NATS down: every acknowledged change is committed, none published, when the process dies.
     nats.stop();
-    let (child, base) = start(store, &nats);
+    let (child, base) = start(store, &nats, extra);
     acked.extend(traffic(&base, 40, 0).await);
     kill(child);
     nats.resume();
-    let (child, base) = start(store, &nats);
+    let (child, base) = start(store, &nats, extra);
     drained(&base).await;
     check(&nats, &acked).await;
 
@@ -120,7 +122,7 @@ async fn kills(store: &str) {
     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..20))).await;
     kill(child);
     assert!(started.elapsed() < Duration::from_secs(60));
-    let (child, base) = start(store, &nats);
+    let (child, base) = start(store, &nats, extra);
     drained(&base).await;
     check(&nats, &acked).await;
     kill(child);
@@ -129,11 +131,32 @@ async fn kills(store: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_kill_loses_and_doubles_no_event() {
     let dir = tempfile::tempdir().unwrap();
-    kills(&format!("sqlite://{}", dir.path().join("crm.db").display())).await;
+    kills(&format!("sqlite://{}", dir.path().join("crm.db").display()), &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_kill_loses_and_doubles_no_event() {
     let db = ScratchDb::create("crm_events_kill").await;
-    kills(&db.url).await;
+    kills(&db.url, &[]).await;
+}
+
+/// On Salesforce the events go to the local store's outbox in the transaction that keeps the audit and
+/// completes the request, after the org accepted the change; the org (a fake in this process) outlives the
+/// killed service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn salesforce_kill_loses_and_doubles_no_event() {
+    let org = FakeOrg::start(OrgConfig::default()).await;
+    for rm in ["RM0", "RM1"] {
+        org.add_user(rm, true);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CRM_SALESFORCE_INSTANCE_URL", org.url().to_string()),
+        ("CRM_SALESFORCE_AUTH", "client_credentials".to_owned()),
+        ("CRM_SALESFORCE_CLIENT_ID", OrgConfig::default().client_id),
+        ("CRM_SALESFORCE_CLIENT_SECRET", OrgConfig::default().client_secret),
+        ("CRM_SALESFORCE_LOCAL_STORE", format!("sqlite://{}", dir.path().join("local.db").display())),
+    ];
+    kills("salesforce", &env).await;
+    assert!(org.calls().len() > 100, "the changes went through the org");
 }
