@@ -16,22 +16,18 @@ pub mod reports;
 pub mod request_id;
 pub mod responses;
 
-use std::any::Any;
 use std::sync::Arc;
 
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use store::Backend;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use error::ApiError;
 
 /// Prefix of the internal operations (create, close-won, reads).
 pub const API_INT: &str = "/integration-service/int/api/crm/v1";
@@ -142,11 +138,6 @@ fn problem(description: &str, header: Option<&str>) -> utoipa::openapi::RefOr<ut
     response.build().into()
 }
 
-fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!("a handler panicked");
-    ApiError::Internal.into_response()
-}
-
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     // Each `route_layer` (and `layer`) call wraps every route in a boxed service of its own, which every
@@ -197,10 +188,6 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        // Request id, span, log line, metrics and the request timeout, then a panic's 500.
-        .layer(
-            ServiceBuilder::new()
-                .layer(request_id::RequestLayer::new(state.request_timeout))
-                .layer(CatchPanicLayer::custom(panic_response)),
-        )
+        // Request id, span, log line, metrics, the request timeout and a panic's 500.
+        .layer(request_id::RequestLayer::new(state.request_timeout))
 }

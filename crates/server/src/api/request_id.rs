@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::error::ApiError;
@@ -51,11 +53,14 @@ fn valid(id: &str) -> bool {
 /// echoes the id.
 ///
 /// It also bounds the whole request, body reading included, by `timeout` (408 beyond it), so a stalled
-/// client cannot hold a connection (or a shutdown) forever.
+/// client cannot hold a connection (or a shutdown) forever, and turns a panic below it into a 500 (logged
+/// in the request's span), so a bug answers like any internal error instead of dropping the connection.
 ///
 /// A `tower::Layer` of its own rather than `axum::middleware::from_fn`: a `from_fn` layer boxes the
 /// service below it and its own future again on every request, and with one future, one task-local scope
 /// and one span for all of it, this layer runs on every request of every route at the cost of one box.
+/// Panics are caught here too (`futures_util`'s `catch_unwind`) rather than by tower-http's `CatchPanic`
+/// layer, which boxed every response body twice more (and axum then once again).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLayer {
     timeout: Duration,
@@ -129,11 +134,19 @@ where
             status: None,
         };
         // The routes below do their work when polled, so all of it runs in the scope and span set up here.
-        let inner = self.inner.call(request);
+        let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
         let limit = self.timeout;
         let run = async move {
-            match tokio::time::timeout(limit, inner).await {
-                Ok(Ok(response)) => response.into_response(),
+            let answered = match inner {
+                Ok(inner) => tokio::time::timeout(limit, AssertUnwindSafe(inner).catch_unwind()).await,
+                Err(panic) => Ok(Err(panic)),
+            };
+            match answered {
+                Ok(Ok(Ok(response))) => response.into_response(),
+                Ok(Err(_)) => {
+                    tracing::error!("a handler panicked");
+                    ApiError::Internal.into_response()
+                }
                 Err(_) => {
                     tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
                     ApiError::Timeout.into_response()
@@ -208,6 +221,12 @@ impl Drop for RequestLine {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use axum::extract::Request;
+    use axum::response::Response;
+
     #[test]
     fn validity() {
         assert!(super::valid("abc-123_x.y:z"));
@@ -215,6 +234,50 @@ mod tests {
         assert!(!super::valid("has space"));
         assert!(!super::valid(&"a".repeat(129)));
         assert!(!super::valid("ünï"));
+    }
+
+    /// The layer over a service that answers with `answer` after `delay`, or panics.
+    async fn through_layer(request: Request, delay: Duration, panic: bool) -> Response {
+        use tower::{Layer, ServiceExt};
+        let below = tower::service_fn(move |_: Request| async move {
+            tokio::time::sleep(delay).await;
+            assert!(!panic, "a handler's bug");
+            Ok::<_, Infallible>(axum::http::StatusCode::NO_CONTENT)
+        });
+        super::RequestLayer::new(Duration::from_millis(200)).layer(below).oneshot(request).await.unwrap()
+    }
+
+    fn request(id: Option<&str>) -> Request {
+        let mut builder = Request::builder().uri("/x");
+        if let Some(id) = id {
+            builder = builder.header("x-request-id", id);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_carry_the_callers_valid_id_or_a_new_one() {
+        let response = through_layer(request(Some("onb-0001")), Duration::ZERO, false).await;
+        assert_eq!(response.status(), 204);
+        assert_eq!(response.headers()["x-request-id"], "onb-0001");
+        let response = through_layer(request(Some("not valid")), Duration::ZERO, false).await;
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_panic_below_is_a_500_problem_with_the_request_id() {
+        let response = through_layer(request(Some("r-panic")), Duration::ZERO, true).await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], "r-panic");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_timeout_is_a_408() {
+        let response = through_layer(request(None), Duration::from_secs(5), false).await;
+        assert_eq!(response.status(), 408);
+        assert!(response.headers().contains_key("x-request-id"));
     }
 
     #[test]
