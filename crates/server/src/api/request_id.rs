@@ -280,6 +280,55 @@ mod tests {
         assert!(response.headers().contains_key("x-request-id"));
     }
 
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_line_names_the_request_and_the_callers_channel() {
+        use tower::{Layer, ServiceExt};
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = crate::telemetry::subscriber(crate::config::LogFormat::Json, filter, move || writer.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        // What the auth layer does once it knows the key, and a line logged inside the request.
+        let below = tower::service_fn(|_: Request| async {
+            super::set_channel("MOBILE_APP");
+            tracing::info!("inside");
+            Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
+        });
+        let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
+        let response = service.oneshot(request(Some("r-line"))).await.unwrap();
+        assert_eq!(response.status(), 201);
+
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "inside");
+        assert_eq!(lines[0]["span"]["request_id"], "r-line");
+        assert_eq!(lines[0]["span"]["route"], "unmatched");
+        let line = &lines[1];
+        assert_eq!(line["message"], "request completed");
+        for (field, value) in
+            [("request_id", "r-line"), ("method", "GET"), ("route", "unmatched"), ("channel", "MOBILE_APP")]
+        {
+            assert_eq!(line[field], value, "{line}");
+        }
+        assert_eq!(line["status"], 201);
+        assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        assert!(line.get("span").is_none(), "the line carries its fields itself: {line}");
+    }
+
     #[test]
     fn new_ids_are_distinct_version_4_uuids() {
         let a = super::new_id();
