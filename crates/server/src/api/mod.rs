@@ -28,7 +28,6 @@ use tower::ServiceBuilder;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-
 /// Prefix of the internal operations (create, close-won, reads).
 pub const API_INT: &str = "/integration-service/int/api/crm/v1";
 /// Prefix of the close-lost operations, which have no `/int` segment (SPEC §2.3–2.4).
