@@ -199,9 +199,7 @@ async fn authorize(state: &AppState, role: Role, mut request: Request, next: Nex
     if key.role != role {
         return ApiError::WrongRole.into_response();
     }
-    if let Some(slot) = request.extensions().get::<super::request_id::ChannelSlot>() {
-        slot.set(channel.as_str());
-    }
+    super::request_id::set_channel(channel.as_str());
     request.extensions_mut().insert(Caller(Some(channel)));
     next.run(request).await
 }

@@ -16,21 +16,17 @@ pub mod reports;
 pub mod request_id;
 pub mod responses;
 
-use std::any::Any;
 use std::sync::Arc;
 
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use store::Backend;
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::ServiceBuilder;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
-
-use error::ApiError;
 
 /// Prefix of the internal operations (create, close-won, reads).
 pub const API_INT: &str = "/integration-service/int/api/crm/v1";
@@ -141,13 +137,10 @@ fn problem(description: &str, header: Option<&str>) -> utoipa::openapi::RefOr<ut
     response.build().into()
 }
 
-fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!("a handler panicked");
-    ApiError::Internal.into_response()
-}
-
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
+    // Each `route_layer` (and `layer`) call wraps every route in a boxed service of its own, which every
+    // request goes through: the layers of a group go in as one stack.
     let api = Router::new()
         .route(&format!("{API_INT}/combo-create-lead-opportunity"), post(handlers::create))
         .route(&format!("{API_INT}/combo-update-lead-opportunity"), post(handlers::close_won))
@@ -156,18 +149,27 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/leads/{{id}}"), get(handlers::get_lead))
         .route(&format!("{API_INT}/opportunities/{{id}}"), get(handlers::get_opportunity))
         .route(&format!("{API_INT}/search"), post(handlers::search))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), overload::rate_limit))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
-        .route_layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), overload::rate_limit))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+                // The bodies are read by `extract::read_body`, which enforces the limit itself; this tells
+                // axum's own body extractors the same limit, should a handler ever use one.
+                .layer(DefaultBodyLimit::max(extract::BODY_LIMIT)),
+        )
         .with_state(state.clone());
     let reports = Router::new()
         .route(&format!("{API_INT}/reports/funnel"), get(reports::funnel))
         .route(&format!("{API_INT}/reports/rejections"), get(reports::rejections))
         .route(&format!("{API_INT}/reports/handovers"), get(reports::handovers))
         .route(&format!("{API_INT}/reports/stale"), get(reports::stale))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::reporting_layer))
-        .route_layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), auth::reporting_layer)),
+        )
         .with_state(state.clone());
     let operations = Router::new()
         .route("/health/live", get(handlers::live))
@@ -185,8 +187,6 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { axum::response::Redirect::temporary("/docs/") }))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response))
-        // Request id, log line and the request timeout in one layer (each layer costs every request).
-        .layer(axum::middleware::from_fn_with_state(state.request_timeout, request_id::layer))
+        // Request id, span, log line, metrics, the request timeout and a panic's 500.
+        .layer(request_id::RequestLayer::new(state.request_timeout))
 }

@@ -4,35 +4,43 @@
 //! `A-Z a-z 0-9 . _ : -`), else a new UUID. The id is held in a task-local for the request's lifetime, so
 //! problem documents, history rows and every log line of the request (through its span) carry the same id.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::error::ApiError;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Where the auth layer leaves the caller's channel for the request's log line (a request extension).
-#[derive(Clone, Default)]
-pub struct ChannelSlot(std::sync::Arc<std::sync::OnceLock<String>>);
-
-impl ChannelSlot {
-    pub fn set(&self, channel: &str) {
-        let _ = self.0.set(channel.to_owned());
-    }
+/// What a request's work and its log line share: the id, and the channel of the caller's API key once the
+/// auth layer has found it.
+struct Shared {
+    id: String,
+    channel: OnceLock<String>,
 }
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: Arc<Shared>;
 }
 
 /// The current request's id, inside a request.
 pub fn current() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST.try_with(|shared| shared.id.clone()).ok()
+}
+
+/// Names the caller's channel in the current request's log line (the auth layer, once the key is known).
+pub fn set_channel(channel: &str) {
+    let _ = REQUEST.try_with(|shared| shared.channel.set(channel.to_owned()));
 }
 
 fn valid(id: &str) -> bool {
@@ -40,75 +48,140 @@ fn valid(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Middleware: assigns the id, opens the request's span (matched route, never the raw path, which may
-/// carry a record id), logs one line when the response is ready, and echoes the id.
+/// The layer of every route: assigns the id, opens the request's span (matched route, never the raw path,
+/// which may carry a record id), logs one line and counts the request in the metrics when it ends, and
+/// echoes the id.
 ///
-/// It also bounds the whole request, body reading included, by `limit` (408 beyond it), so a stalled
-/// client cannot hold a connection (or a shutdown) forever.
-pub async fn layer(State(limit): State<Duration>, mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_id);
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route_str = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    // `&str` fields, not `%` (Display) ones: a formatter records a string directly, a Display value
-    // through the formatting machinery.
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.as_str(),
-        method = request.method().as_str(),
-        route = route_str,
-        channel = tracing::field::Empty
-    );
-    let channel = ChannelSlot::default();
-    request.extensions_mut().insert(channel.clone());
-    let mut line = RequestLine {
-        id: id.clone(),
-        channel,
-        method: request.method().clone(),
-        route,
-        started: Instant::now(),
-        status: None,
-    };
-    let header = HeaderValue::from_str(&id).ok();
-    let run = async move {
-        match tokio::time::timeout(limit, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => {
-                tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
-                ApiError::Timeout.into_response()
-            }
-        }
-    };
-    let mut response = scope(id, run.instrument(span)).await;
-    line.status = Some(response.status().as_u16());
-    if let Some(h) = header {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), h);
+/// It also bounds the whole request, body reading included, by `timeout` (408 beyond it), so a stalled
+/// client cannot hold a connection (or a shutdown) forever, and turns a panic below it into a 500 (logged
+/// in the request's span), so a bug answers like any internal error instead of dropping the connection.
+///
+/// A `tower::Layer` of its own rather than `axum::middleware::from_fn`: a `from_fn` layer boxes the
+/// service below it and its own future again on every request, and with one future, one task-local scope
+/// and one span for all of it, this layer runs on every request of every route at the cost of one box.
+/// Panics are caught here too (`futures_util`'s `catch_unwind`) rather than by tower-http's `CatchPanic`
+/// layer, which boxed every response body twice more (and axum then once again).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLayer {
+    timeout: Duration,
+}
+
+impl RequestLayer {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
     }
-    response
+}
+
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestService { inner, timeout: self.timeout }
+    }
+}
+
+/// See [`RequestLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestService<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> tower::Service<Request> for RequestService<S>
+where
+    S: tower::Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The caller's id when it is a valid one (its header value is then echoed as it came), else a new one.
+        let given = request.headers().get(&X_REQUEST_ID).and_then(|value| {
+            let id = value.to_str().ok().filter(|id| valid(id))?;
+            Some((id.to_owned(), value.clone()))
+        });
+        let (id, header) = match given {
+            Some((id, value)) => (id, Some(value)),
+            None => {
+                let id = new_id();
+                let header = HeaderValue::from_str(&id).ok();
+                (id, header)
+            }
+        };
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        // `&str` fields, not `%` (Display) ones: a formatter records a string directly, a Display value
+        // through the formatting machinery.
+        let span = tracing::info_span!(
+            "request",
+            request_id = id.as_str(),
+            method = request.method().as_str(),
+            route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            channel = tracing::field::Empty
+        );
+        let shared = Arc::new(Shared { id, channel: OnceLock::new() });
+        let line = RequestLine {
+            shared: shared.clone(),
+            method: request.method().clone(),
+            route,
+            started: Instant::now(),
+            status: None,
+        };
+        // The routes below do their work when polled, so all of it runs in the scope and span set up here.
+        let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
+        let limit = self.timeout;
+        let run = async move {
+            let answered = match inner {
+                Ok(inner) => tokio::time::timeout(limit, AssertUnwindSafe(inner).catch_unwind()).await,
+                Err(panic) => Ok(Err(panic)),
+            };
+            match answered {
+                Ok(Ok(Ok(response))) => response.into_response(),
+                Ok(Err(_)) => {
+                    tracing::error!("a handler panicked");
+                    ApiError::Internal.into_response()
+                }
+                Err(_) => {
+                    tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+                    ApiError::Timeout.into_response()
+                }
+            }
+        };
+        Box::pin(async move {
+            let mut line = line; // the whole line, not only the field set below: it logs when dropped
+            let mut response = REQUEST.scope(shared, run.instrument(span)).await;
+            line.status = Some(response.status().as_u16());
+            if let Some(header) = header {
+                response.headers_mut().insert(X_REQUEST_ID.clone(), header);
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// A new request id: a random (version 4) UUID. The random bits come from a per-thread generator seeded
 /// once from the operating system, not from a `getrandom` system call per request (the profile of a busy
 /// service showed that call on every request). Ids need to be unique, not secret.
 fn new_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid().to_string()
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
 
 /// Runs `f` with `id` as the current request id (for work a request hands to another task).
-pub fn scope<F: std::future::Future>(id: String, f: F) -> impl std::future::Future<Output = F::Output> {
-    REQUEST_ID.scope(id, f)
+pub fn scope<F: Future>(id: String, f: F) -> impl Future<Output = F::Output> {
+    REQUEST.scope(Arc::new(Shared { id, channel: OnceLock::new() }), f)
 }
 
 /// The request's one log line and its metrics, written when the request ends, however it ends: a client
 /// that goes away mid-request drops the handler, and the line then says `cancelled` (status 499).
 struct RequestLine {
-    id: String,
-    channel: ChannelSlot,
+    shared: Arc<Shared>,
     method: axum::http::Method,
     route: Option<MatchedPath>,
     started: Instant,
@@ -125,22 +198,15 @@ impl Drop for RequestLine {
         // The line carries the request's fields itself rather than through the request's span: for an event
         // inside a span, the JSON formatter parses the span's stored fields again and re-serializes them.
         // (Profiled under wrk on `/health/live`: the line's event was about 8 % of the service's CPU.)
-        let (id, method, channel) = (&self.id, self.method.as_str(), self.channel.0.get().map_or("", String::as_str));
+        let (id, method) = (self.shared.id.as_str(), self.method.as_str());
+        let channel = self.shared.channel.get().map_or("", String::as_str);
         match self.status {
             Some(_) => {
-                tracing::info!(
-                    request_id = id.as_str(),
-                    method,
-                    route,
-                    channel,
-                    status,
-                    latency_ms,
-                    "request completed"
-                )
+                tracing::info!(request_id = id, method, route, channel, status, latency_ms, "request completed")
             }
             None => {
                 tracing::info!(
-                    request_id = id.as_str(),
+                    request_id = id,
                     method,
                     route,
                     channel,
@@ -155,6 +221,12 @@ impl Drop for RequestLine {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use axum::extract::Request;
+    use axum::response::Response;
+
     #[test]
     fn validity() {
         assert!(super::valid("abc-123_x.y:z"));
@@ -162,6 +234,99 @@ mod tests {
         assert!(!super::valid("has space"));
         assert!(!super::valid(&"a".repeat(129)));
         assert!(!super::valid("ünï"));
+    }
+
+    /// The layer over a service that answers with `answer` after `delay`, or panics.
+    async fn through_layer(request: Request, delay: Duration, panic: bool) -> Response {
+        use tower::{Layer, ServiceExt};
+        let below = tower::service_fn(move |_: Request| async move {
+            tokio::time::sleep(delay).await;
+            assert!(!panic, "a handler's bug");
+            Ok::<_, Infallible>(axum::http::StatusCode::NO_CONTENT)
+        });
+        super::RequestLayer::new(Duration::from_millis(200)).layer(below).oneshot(request).await.unwrap()
+    }
+
+    fn request(id: Option<&str>) -> Request {
+        let mut builder = Request::builder().uri("/x");
+        if let Some(id) = id {
+            builder = builder.header("x-request-id", id);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_carry_the_callers_valid_id_or_a_new_one() {
+        let response = through_layer(request(Some("onb-0001")), Duration::ZERO, false).await;
+        assert_eq!(response.status(), 204);
+        assert_eq!(response.headers()["x-request-id"], "onb-0001");
+        let response = through_layer(request(Some("not valid")), Duration::ZERO, false).await;
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_panic_below_is_a_500_problem_with_the_request_id() {
+        let response = through_layer(request(Some("r-panic")), Duration::ZERO, true).await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], "r-panic");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_timeout_is_a_408() {
+        let response = through_layer(request(None), Duration::from_secs(5), false).await;
+        assert_eq!(response.status(), 408);
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_line_names_the_request_and_the_callers_channel() {
+        use tower::{Layer, ServiceExt};
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = crate::telemetry::subscriber(crate::config::LogFormat::Json, filter, move || writer.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        // What the auth layer does once it knows the key, and a line logged inside the request.
+        let below = tower::service_fn(|_: Request| async {
+            super::set_channel("MOBILE_APP");
+            tracing::info!("inside");
+            Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
+        });
+        let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
+        let response = service.oneshot(request(Some("r-line"))).await.unwrap();
+        assert_eq!(response.status(), 201);
+
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "inside");
+        assert_eq!(lines[0]["span"]["request_id"], "r-line");
+        assert_eq!(lines[0]["span"]["route"], "unmatched");
+        let line = &lines[1];
+        assert_eq!(line["message"], "request completed");
+        for (field, value) in
+            [("request_id", "r-line"), ("method", "GET"), ("route", "unmatched"), ("channel", "MOBILE_APP")]
+        {
+            assert_eq!(line[field], value, "{line}");
+        }
+        assert_eq!(line["status"], 201);
+        assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        assert!(line.get("span").is_none(), "the line carries its fields itself: {line}");
     }
 
     #[test]
