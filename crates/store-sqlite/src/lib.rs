@@ -17,7 +17,6 @@
 //!   that runs the operation also completes the key with the rendered response, in the same savepoint, so a
 //!   crash between the two cannot exist and a retry can never run the operation again.
 
-mod checkpoint;
 mod idempotency;
 mod ops;
 mod outbox;
@@ -86,7 +85,6 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<writer::Job>,
     readers: Arc<read::Readers>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     /// The in-process side of [`store::Sidecar::lock_key`].
     local_locks: sidecar::LocalLocks,
 }
@@ -140,11 +138,6 @@ impl SqliteStore {
         // of millions of records stay in it rather than being read from the operating system per write.
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
-        // The log is checkpointed by a thread of its own (see `checkpoint`), not inside the writer's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_FALLBACK_PAGES)
-            .map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
-        let checkpointer = checkpoint::Checkpointer::start(connect(&config.path)?)
-            .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
         let settings =
             writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1), events: config.events };
@@ -153,13 +146,7 @@ impl SqliteStore {
             .spawn(move || writer::run(conn, queue, settings))
             .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let readers = Arc::new(read::Readers::new(config.path.clone()));
-        Ok(Self {
-            jobs,
-            readers,
-            writer: Mutex::new(Some(writer)),
-            checkpointer: Mutex::new(Some(checkpointer)),
-            local_locks: Default::default(),
-        })
+        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)), local_locks: Default::default() })
     }
 
     /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
@@ -181,9 +168,6 @@ impl SqliteStore {
             std::thread::sleep(Duration::from_millis(1));
         }
         let _ = handle.join();
-        if let Some(checkpointer) = self.checkpointer.lock().ok().and_then(|mut c| c.take()) {
-            checkpointer.stop();
-        }
     }
 
     /// Runs `work` in the writer's transaction and waits until it is durable.

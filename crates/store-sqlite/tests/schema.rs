@@ -232,29 +232,3 @@ async fn daily_counts_start_from_the_history_already_stored() {
     assert_eq!(store.rejections(&first).await.unwrap().rows, [rejection("OWNER_CHANGED", 1)]);
     store.shutdown();
 }
-
-/// The write-ahead log is copied into the database file by the checkpointer thread, not left to the writer
-/// (whose own checkpoint waits for a log of thousands of pages): a few hundred writes reach the file soon.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_reaches_the_database_file_without_the_writer() {
-    use lifecycle::CustomerType;
-    use store::contract::{ctx, request};
-    use store::Store;
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crm.db");
-    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
-    let size = || std::fs::metadata(&path).unwrap().len();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let before = size();
-    for i in 0..500 {
-        let r = request(CustomerType::Ntb, &format!("W{i:06}"), "CARD", "RM1");
-        store.create(&r, &ctx(&format!("w{i}"))).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while size() <= before {
-        assert!(std::time::Instant::now() < deadline, "the database file stayed at {before} bytes");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    store.shutdown();
-}
