@@ -179,6 +179,10 @@ async fn main() {
         println!("loaded {} records in {:.1}s", args.records, t.elapsed().as_secs_f64());
     }
     let r = &*store;
+    // What the service's housekeeping does now and then: fold the rows the triggers appended (PostgreSQL).
+    let t = Instant::now();
+    let folded = r.fold().await.expect("fold the daily counts");
+    println!("folded {folded} rows of daily counts in {:.1}s", t.elapsed().as_secs_f64());
     let mobile = Some(Channel::parse("MOBILE_APP").expect("a channel"));
     let stale = StaleQuery::new(END, 30, 100).expect("a query");
     let (month, year, ragged_year) = (period(30), period(366), ragged(366));
