@@ -225,7 +225,7 @@ async fn daily_counts_start_from_the_history_already_stored() {
         let period = Period::new(from, to);
         let rejections = store.rejections(&period).await.unwrap().rows;
         assert_eq!(rejections, [rejection("NCB_REJECTED", 1), rejection("OWNER_CHANGED", 1)], "{from} - {to}");
-        assert_eq!(store.handovers(&period).await.unwrap().rows, [handover.clone()], "{from} - {to}");
+        assert_eq!(store.handovers(&period).await.unwrap().rows, std::slice::from_ref(&handover), "{from} - {to}");
     }
     // One day only: the hand-over's.
     let first = Period::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-02 00:00 UTC));
