@@ -143,35 +143,11 @@ fn funnel_rows(parts: Vec<Tallies>) -> Rows<FunnelRow> {
 
 /// The whole days from the daily counts (migration 0008), the ragged ends from the changes themselves.
 fn rejections(conn: &Connection, s: Source, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
-    let split = period.split_days();
-    let mut parts = Vec::new();
-    let mut read = |sql: &str, args: &[Option<String>]| -> Result<(), StoreError> {
-        let mut stmt = conn.prepare_cached(sql).map_err(error)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(error)?;
-        while let Some(r) = rows.next().map_err(error)? {
-            parts.push(RejectionRow {
-                reason: r
-                    .get::<_, Option<String>>(0)
-                    .map_err(error)?
-                    .filter(|x| !x.is_empty())
-                    .map(Reason::from_stored),
-                channel: Channel::from_stored(r.get(1).map_err(error)?),
-                product: Product::from_stored(r.get(2).map_err(error)?),
-                count: count(r, 3)?,
-            });
-        }
-        Ok(())
-    };
-    if let Some((first, end)) = split.days {
-        read(
-            "SELECT reason, channel, product, SUM(n) FROM report_rejections
-             WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
-               AND (?4 IS NULL OR product = ?4)
-             GROUP BY reason, channel, product",
-            &day_args(period, first, end, s.tag),
-        )?;
-    }
-    let sql = format!(
+    let days = "SELECT reason, channel, product, SUM(n) FROM report_rejections
+                WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
+                  AND (?4 IS NULL OR product = ?4)
+                GROUP BY reason, channel, product";
+    let changes = format!(
         "SELECT h.reason, r.channel, r.product, COUNT(*)
          FROM {history} h JOIN {records} r ON r.id = h.record_id
          WHERE h.to_status = 'Close Lost' AND h.at >= ?1 AND h.at < ?2
@@ -180,10 +156,44 @@ fn rejections(conn: &Connection, s: Source, period: &Period) -> Result<Rows<Reje
         history = s.history,
         records = s.records,
     );
-    for edge in &split.edges {
-        read(&sql, &period_args(edge))?;
-    }
+    let parts = by_days(conn, s, period, days, &changes, |r| {
+        Ok(RejectionRow {
+            reason: r.get::<_, Option<String>>(0).map_err(error)?.filter(|x| !x.is_empty()).map(Reason::from_stored),
+            channel: Channel::from_stored(r.get(1).map_err(error)?),
+            product: Product::from_stored(r.get(2).map_err(error)?),
+            count: count(r, 3)?,
+        })
+    })?;
     Ok(RejectionRow::merge(parts))
+}
+
+/// The rows of a counted report: its whole days from the daily counts (`days`, arguments as [`day_args`]),
+/// its ragged ends from the changes (`changes`, arguments as [`period_args`]).
+fn by_days<T>(
+    conn: &Connection,
+    s: Source,
+    period: &Period,
+    days: &str,
+    changes: &str,
+    row: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let split = period.split_days();
+    let mut parts = Vec::new();
+    let mut read = |sql: &str, args: &[Option<String>]| -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(error)?;
+        while let Some(r) = rows.next().map_err(error)? {
+            parts.push(row(r)?);
+        }
+        Ok(())
+    };
+    if let Some((first, end)) = split.days {
+        read(days, &day_args(period, first, end, s.tag))?;
+    }
+    for edge in &split.edges {
+        read(changes, &period_args(edge))?;
+    }
+    Ok(parts)
 }
 
 /// `YYYY-MM-DD`, as the daily counts name their day.
@@ -208,31 +218,12 @@ fn period_args(period: &Period) -> [Option<String>; 4] {
 
 /// Like [`rejections`]: whole days from the daily counts, the ragged ends from the changes.
 fn handovers(conn: &Connection, s: Source, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
-    let split = period.split_days();
-    let mut parts = Vec::new();
-    let mut read = |sql: &str, args: &[Option<String>]| -> Result<(), StoreError> {
-        let mut stmt = conn.prepare_cached(sql).map_err(error)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(error)?;
-        while let Some(r) = rows.next().map_err(error)? {
-            parts.push(HandoverRow {
-                from_owner: OwnerId::from_stored(r.get(0).map_err(error)?),
-                to_owner: OwnerId::from_stored(r.get(1).map_err(error)?),
-                count: count(r, 2)?,
-            });
-        }
-        Ok(())
-    };
-    if let Some((first, end)) = split.days {
-        read(
-            "SELECT from_owner, to_owner, SUM(n) FROM report_handovers
-             WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
-               AND (?4 IS NULL OR product = ?4)
-             GROUP BY from_owner, to_owner",
-            &day_args(period, first, end, s.tag),
-        )?;
-    }
+    let days = "SELECT from_owner, to_owner, SUM(n) FROM report_handovers
+                WHERE source = ?5 AND day >= ?1 AND day < ?2 AND (?3 IS NULL OR channel = ?3)
+                  AND (?4 IS NULL OR product = ?4)
+                GROUP BY from_owner, to_owner";
     // A replacement closes the old records and creates the new one in one step, at one instant, on one key.
-    let sql = format!(
+    let changes = format!(
         "SELECT o.owner_id, n.owner_id, COUNT(*)
          FROM {history} h
          JOIN {records} o ON o.id = h.record_id
@@ -244,9 +235,13 @@ fn handovers(conn: &Connection, s: Source, period: &Period) -> Result<Rows<Hando
         history = s.history,
         records = s.records,
     );
-    for edge in &split.edges {
-        read(&sql, &period_args(edge))?;
-    }
+    let parts = by_days(conn, s, period, days, &changes, |r| {
+        Ok(HandoverRow {
+            from_owner: OwnerId::from_stored(r.get(0).map_err(error)?),
+            to_owner: OwnerId::from_stored(r.get(1).map_err(error)?),
+            count: count(r, 2)?,
+        })
+    })?;
     Ok(HandoverRow::merge(parts))
 }
 
