@@ -14,6 +14,29 @@ use integration_service::telemetry;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `arena_eager_commit` (option 4 of its `mi_option_e`).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Makes mimalloc commit its arenas as they are used rather than whole when they are reserved (its default on
+/// Linux), unless the variable `MIMALLOC_ARENA_EAGER_COMMIT` says otherwise. With eager commit, the memory it
+/// frees is only marked free to the kernel and stays counted in the process's resident set: the benchmark's
+/// `/health/live` peaked at 37 MiB with it and 25 MiB without, its SQLite mix at 73 MiB and 59 MiB, at the
+/// same throughput.
+///
+/// A default has to be set before mimalloc reads its options, which it does in its own constructor at
+/// program load (it reserves the first arena at the first allocation, before `main`): this function is a
+/// constructor of a higher priority (`.init_array.NNNNN` entries run before plain `.init_array` ones).
+extern "C" fn tune_allocator() {
+    // SAFETY: only sets the default of one of mimalloc's options, by its documented number; the function
+    // touches nothing but mimalloc's static option table and allocates nothing.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
+}
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array.00200"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 #[derive(Parser)]
 #[command(name = "integration-service", version, about = "Keeps the CRM lead/opportunity lifecycle right")]
 struct Cli {

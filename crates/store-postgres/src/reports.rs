@@ -11,7 +11,7 @@ use store::reports::{
     MAX_GROUPS,
 };
 use store::StoreError;
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::error;
 
@@ -59,17 +59,26 @@ impl Reporter {
         query_period(sql, period).fetch_all(&self.pool).await.map_err(error)
     }
 
-    /// Binds days `[first, end)` as `$1`, `$2`, the period's filters as `$3`, `$4`, and the source as `$5`.
-    async fn days(&self, sql: &str, period: &Period, first: Date, end: Date) -> Result<Vec<PgRow>, StoreError> {
-        sqlx::query(sql)
-            .bind(first)
-            .bind(end)
-            .bind(period.channel.as_ref().map(Channel::as_str))
-            .bind(period.product.as_ref().map(Product::as_str))
-            .bind(self.source.tag)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(error)
+    /// The rows of a counted report: its whole days from the daily counts (`days`: days `[first, end)` as
+    /// `$1`, `$2`, the period's filters as `$3`, `$4`, the source as `$5`), its ragged ends from the changes
+    /// (`changes`: arguments as [`query_period`]).
+    async fn by_days(&self, period: &Period, days: &str, changes: &str) -> Result<Vec<PgRow>, StoreError> {
+        let split = period.split_days();
+        let mut rows = Vec::new();
+        if let Some((first, end)) = split.days {
+            let read = sqlx::query(days)
+                .bind(first)
+                .bind(end)
+                .bind(period.channel.as_ref().map(Channel::as_str))
+                .bind(period.product.as_ref().map(Product::as_str))
+                .bind(self.source.tag)
+                .fetch_all(&self.pool);
+            rows.extend(read.await.map_err(error)?);
+        }
+        for edge in &split.edges {
+            rows.extend(self.rows(changes, edge).await?);
+        }
+        Ok(rows)
     }
 }
 
@@ -113,20 +122,15 @@ impl Reports for Reporter {
     /// The whole days from the daily counts (migration 0008: the folded ones and those not yet folded), the
     /// ragged ends from the changes themselves.
     async fn rejections(&self, period: &Period) -> Result<Rows<RejectionRow>, StoreError> {
-        let split = period.split_days();
-        let mut rows = Vec::new();
-        if let Some((first, end)) = split.days {
-            let sql = "SELECT reason, channel, product, sum(n)::bigint FROM (
-                           SELECT reason, channel, product, n FROM report_rejections
-                           WHERE source = $5 AND day >= $1 AND day < $2
-                           UNION ALL
-                           SELECT reason, channel, product, n FROM report_rejections_new
-                           WHERE source = $5 AND day >= $1 AND day < $2) AS d
-                       WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
-                       GROUP BY reason, channel, product";
-            rows.extend(self.days(sql, period, first, end).await?);
-        }
-        let sql = format!(
+        let days = "SELECT reason, channel, product, sum(n)::bigint FROM (
+                SELECT reason, channel, product, n FROM report_rejections
+                WHERE source = $5 AND day >= $1 AND day < $2
+                UNION ALL
+                SELECT reason, channel, product, n FROM report_rejections_new
+                WHERE source = $5 AND day >= $1 AND day < $2) AS d
+            WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
+            GROUP BY reason, channel, product";
+        let changes = format!(
             "SELECT h.reason, r.channel, r.product, count(*)
              FROM {history} h JOIN {records} r ON r.id = h.record_id
              WHERE h.to_status = 'Close Lost' AND h.at >= $1 AND h.at < $2
@@ -135,9 +139,7 @@ impl Reports for Reporter {
             history = self.source.history,
             records = self.source.records,
         );
-        for edge in &split.edges {
-            rows.extend(self.rows(&sql, edge).await?);
-        }
+        let rows = self.by_days(period, days, &changes).await?;
         let mut parts = Vec::with_capacity(rows.len());
         for r in rows {
             parts.push(RejectionRow {
@@ -156,21 +158,16 @@ impl Reports for Reporter {
 
     /// Like the rejections: whole days from the daily counts, the ragged ends from the changes.
     async fn handovers(&self, period: &Period) -> Result<Rows<HandoverRow>, StoreError> {
-        let split = period.split_days();
-        let mut rows = Vec::new();
-        if let Some((first, end)) = split.days {
-            let sql = "SELECT from_owner, to_owner, sum(n)::bigint FROM (
-                           SELECT from_owner, to_owner, channel, product, n FROM report_handovers
-                           WHERE source = $5 AND day >= $1 AND day < $2
-                           UNION ALL
-                           SELECT from_owner, to_owner, channel, product, n FROM report_handovers_new
-                           WHERE source = $5 AND day >= $1 AND day < $2) AS d
-                       WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
-                       GROUP BY from_owner, to_owner";
-            rows.extend(self.days(sql, period, first, end).await?);
-        }
+        let days = "SELECT from_owner, to_owner, sum(n)::bigint FROM (
+                SELECT from_owner, to_owner, channel, product, n FROM report_handovers
+                WHERE source = $5 AND day >= $1 AND day < $2
+                UNION ALL
+                SELECT from_owner, to_owner, channel, product, n FROM report_handovers_new
+                WHERE source = $5 AND day >= $1 AND day < $2) AS d
+            WHERE ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR product = $4)
+            GROUP BY from_owner, to_owner";
         // A replacement closes the old records and creates the new one in one step, at one instant, on one key.
-        let sql = format!(
+        let changes = format!(
             "SELECT o.owner_id, n.owner_id, count(*)
              FROM {history} h
              JOIN {records} o ON o.id = h.record_id
@@ -182,9 +179,7 @@ impl Reports for Reporter {
             history = self.source.history,
             records = self.source.records,
         );
-        for edge in &split.edges {
-            rows.extend(self.rows(&sql, edge).await?);
-        }
+        let rows = self.by_days(period, days, &changes).await?;
         let mut parts = Vec::with_capacity(rows.len());
         for r in rows {
             parts.push(HandoverRow {
