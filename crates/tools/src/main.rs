@@ -7,6 +7,11 @@
 //! route (`hello`) and the service's own `/health/live` at the same levels. It prints, per store and level,
 //! requests/s, p50/p95/p99, errors, the service's CPU and peak memory, and the ratios to both ceilings, and
 //! writes them as JSON plus an SVG chart.
+//!
+//! For PostgreSQL it also measures what the database itself does on this machine with one transaction per
+//! request and nothing in front of it: `pgbench -N` (its simple-update transaction, five statements) with as
+//! many clients as the service has connections, if `pgbench` is installed. The mix's requests are one
+//! transaction each, so that figure is their ceiling on this machine whatever the service does.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -165,6 +170,38 @@ fn measure(
     }
 }
 
+/// The service's PostgreSQL connections per replica (its default), and so pgbench's clients.
+const POSTGRES_POOL: u32 = 16;
+
+/// `pgbench -N -M prepared` on a scratch database of scale 10, `POSTGRES_POOL` clients for `--seconds`:
+/// transactions per second, or `None` when pgbench is not installed or fails (the reason is printed).
+fn pgbench(args: &Args, rt: &tokio::runtime::Runtime) -> Option<f64> {
+    let db = rt.block_on(ScratchDb::create("crm_pgbench"));
+    let run = |extra: &[&str]| {
+        let out = Command::new("pgbench").args(extra).arg(&db.url).output();
+        match out {
+            Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) => {
+                println!("pgbench failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+                None
+            }
+            Err(e) => {
+                println!("pgbench not run ({e}); it comes with PostgreSQL's client or contrib package");
+                None
+            }
+        }
+    };
+    run(&["-i", "-q", "-s", "10"])?;
+    let (clients, seconds) = (POSTGRES_POOL.to_string(), args.seconds.to_string());
+    let out = run(&["-N", "-M", "prepared", "-c", &clients, "-j", "2", "-T", &seconds])?;
+    tps(&out)
+}
+
+/// The `tps = …` figure of pgbench's report.
+fn tps(report: &str) -> Option<f64> {
+    report.lines().find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+}
+
 fn start_service(store: &str) -> Served {
     let bin = tools::service_binary(None).unwrap_or_else(|e| panic!("bench: {e}"));
     let (child, addr, out) = tools::start_service(&bin, store, &[]).unwrap_or_else(|e| panic!("bench: {e}"));
@@ -220,6 +257,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut runs: Vec<Run> = Vec::new();
     let mut mixes: Vec<Value> = Vec::new();
+    let mut pgbench_tps: Option<f64> = None;
 
     // The ceilings: a bare axum route, and the service's own /health/live (on an empty embedded store).
     let hello =
@@ -258,6 +296,14 @@ fn main() {
         println!("{store}: {} records pre-loaded in {:.1}s", args.preload, t.elapsed().as_secs_f64());
         // One service serves every level, as a running service would; the mix's ids wrap, so later levels
         // see repeats of closes (answered 200, as the first time) rather than errors.
+        let ceiling = (store == "postgres").then(|| pgbench(&args, &rt)).flatten();
+        if let Some(tps) = ceiling {
+            println!(
+                "{:<22} c={POSTGRES_POOL:<4} {tps:>9.0} transactions/s (the database alone, one per request)",
+                "pgbench -N"
+            );
+            pgbench_tps = Some(tps);
+        }
         let served = start_service(&url);
         for &c in &args.connections {
             let env = [("PRELOAD", args.preload.to_string()), ("THREADS", args.threads.to_string())];
@@ -265,6 +311,9 @@ fn main() {
             run.vs_hello = hello_at.get(&c).map(|h| run.requests_per_s / h);
             run.vs_live = live_at.get(&c).map(|l| run.requests_per_s / l);
             print(&run);
+            if let Some(tps) = ceiling {
+                println!("{:<22} {:.2} of pgbench -N", "", run.requests_per_s / tps);
+            }
             runs.push(run);
         }
         let done = outcomes(&served.base);
@@ -279,6 +328,7 @@ fn main() {
         "seconds": args.seconds,
         "runs": runs,
         "outcomes": mixes,
+        "pgbench_simple_update_tps": pgbench_tps,
     });
     if let Some(parent) = args.json.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -287,4 +337,14 @@ fn main() {
     std::fs::write(&args.svg, chart::svg(&runs, &args.connections)).expect("write the SVG");
     println!("wrote {} and {}", args.json.display(), args.svg.display());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_pgbench_tps() {
+        let report = "latency average = 3.1 ms\ntps = 4514.521551 (without initial connection time)\n";
+        assert_eq!(super::tps(report), Some(4514.521551));
+        assert_eq!(super::tps("tps: none\n"), None);
+    }
 }
