@@ -2,7 +2,8 @@
 -- owner changes, new customers), 25 % close won (half of them converting leads), 15 % close lost.
 -- Records P000000000.. were preloaded open (even: NTB leads, odd: ETB opportunities, owner RM001). The lower
 -- half of them is closed (each id once per thread stride, won and lost on disjoint ids, so no answer is an
--- INVALID_TRANSITION); the upper half receives the creates.
+-- INVALID_TRANSITION); the upper half receives the creates. KEYED (0-100, default 0) is the share of requests
+-- sent with an Idempotency-Key of their own, as a channel that may retry sends them.
 local threads = {}
 local counter = 0
 
@@ -14,6 +15,7 @@ end
 function init(args)
   preload = tonumber(os.getenv("PRELOAD") or "10000")
   nthreads = tonumber(os.getenv("THREADS") or "2")
+  keyed = tonumber(os.getenv("KEYED") or "0")
   kw, kl = 0, 0
   math.randomseed(tid * 7919 + os.time())
   wrk.headers["Content-Type"] = "application/json"
@@ -21,11 +23,21 @@ end
 
 local function id(i) return string.format("P%09d", i) end
 
+-- A POST of `body`, with a fresh Idempotency-Key for KEYED % of them.
+local function post(path, body)
+  local headers = nil
+  if keyed > 0 and math.random(100) <= keyed then
+    headers = { ["Content-Type"] = "application/json",
+                ["Idempotency-Key"] = string.format("bench-%d-%d-%d", tid, counter, os.time()) }
+  end
+  return wrk.format("POST", path, headers, body)
+end
+
 local function create(ctype, key, owner, cif)
   local body = string.format(
     '{"customerType":"%s","customer":{"idNumber":"%s","cif":%s,"fullName":"Bench Customer","phone":"+84901234567","email":"bench@example.com"},"product":"CARD","ownerId":"%s","channel":"BENCH","journeyId":"J%d"}',
     ctype, key, cif, owner, counter)
-  return wrk.format("POST", "/integration-service/int/api/crm/v1/combo-create-lead-opportunity", nil, body)
+  return post("/integration-service/int/api/crm/v1/combo-create-lead-opportunity", body)
 end
 
 request = function()
@@ -49,20 +61,20 @@ request = function()
     if 4 * block + 1 >= half then kw = 0; block = tid end
     kw = kw + 1
     if kw % 2 == 0 then
-      return wrk.format("POST", "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", nil,
+      return post("/integration-service/int/api/crm/v1/combo-update-lead-opportunity",
         string.format('{"leadId":"%s","channel":"BENCH","convertToOpportunity":true}', id(4 * block)))
     end
-    return wrk.format("POST", "/integration-service/int/api/crm/v1/combo-update-lead-opportunity", nil,
+    return post("/integration-service/int/api/crm/v1/combo-update-lead-opportunity",
       string.format('{"opportunityId":"%s","channel":"BENCH"}', id(4 * block + 1)))
   else
     local block = tid + nthreads * kl
     if 4 * block + 3 >= half then kl = 0; block = tid end
     kl = kl + 1
     if kl % 2 == 0 then
-      return wrk.format("POST", "/integration-service/api/crm/v1/update-lead-status", nil,
+      return post("/integration-service/api/crm/v1/update-lead-status",
         string.format('{"leadId":"%s","status":"Close Lost","channel":"BENCH","reason":"NCB_REJECTED"}', id(4 * block + 2)))
     end
-    return wrk.format("POST", "/integration-service/api/crm/v1/update-opportunity-status", nil,
+    return post("/integration-service/api/crm/v1/update-opportunity-status",
       string.format('{"opportunityId":"%s","status":"Close Lost","channel":"BENCH","reason":"AML_REJECTED"}', id(4 * block + 3)))
   end
 end

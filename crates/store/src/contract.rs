@@ -414,7 +414,12 @@ pub async fn idempotency_leases_and_expiry(store: Arc<dyn Backend>) {
     assert_eq!(store.claim("ttl", "fp-a", "fp-a", HOUR, short).await.unwrap(), Claim::Proceed);
     store.complete("ttl", "fp-a", &response("{}")).await.unwrap();
     assert_eq!(store.claim("keep", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("gone", "fp-a", "fp-a", HOUR, short).await.unwrap(), Claim::Proceed);
+    store.complete("gone", "fp-a", &response("{}")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Expired but not purged yet: it is free too, and the new claim is live.
+    assert_eq!(store.claim("gone", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
+    assert_eq!(store.claim("gone", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::InUse);
     assert_eq!(store.purge_expired().await.unwrap(), 1, "only the expired key is purged");
     assert_eq!(store.claim("ttl", "fp-b", "fp-b", HOUR, HOUR).await.unwrap(), Claim::Proceed);
     assert_eq!(store.claim("keep", "fp", "fp", HOUR, HOUR).await.unwrap(), Claim::InUse);

@@ -46,6 +46,9 @@ struct Args {
     /// wrk threads
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Percentage of the mix's requests sent with an Idempotency-Key of their own (0-100)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    keyed: u8,
     /// Where the JSON results go
     #[arg(long, default_value = "docs/bench/results.json")]
     json: PathBuf,
@@ -306,7 +309,11 @@ fn main() {
         }
         let served = start_service(&url);
         for &c in &args.connections {
-            let env = [("PRELOAD", args.preload.to_string()), ("THREADS", args.threads.to_string())];
+            let env = [
+                ("PRELOAD", args.preload.to_string()),
+                ("THREADS", args.threads.to_string()),
+                ("KEYED", args.keyed.to_string()),
+            ];
             let mut run = measure(&args, &format!("mix, {store}"), &served, "", c, &mix, &env);
             run.vs_hello = hello_at.get(&c).map(|h| run.requests_per_s / h);
             run.vs_live = live_at.get(&c).map(|l| run.requests_per_s / l);
@@ -326,6 +333,7 @@ fn main() {
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "preload": args.preload,
         "seconds": args.seconds,
+        "keyed_percent": args.keyed,
         "runs": runs,
         "outcomes": mixes,
         "pgbench_simple_update_tps": pgbench_tps,
