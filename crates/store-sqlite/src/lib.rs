@@ -134,10 +134,7 @@ impl SqliteStore {
         let mut conn = connect(&config.path)?;
         schema::migrate(&mut conn, &config.path)?;
         schema::check_matching(&conn, &config.path, config.matching)?;
-        // The writer's page cache: 32 MiB instead of SQLite's 2 MiB, so the upper levels of the indexes
-        // of millions of records stay in it rather than being read from the operating system per write.
-        conn.pragma_update(None, "cache_size", -32_768)
-            .map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
+        writer::size_cache(&conn).map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
         let settings =
             writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1), events: config.events };

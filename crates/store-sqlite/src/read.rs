@@ -42,15 +42,21 @@ pub(crate) fn error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Connections for reads, opened on demand and kept for reuse.
+/// Most reader connections open at once. Each keeps a page cache of up to 2 MiB, and reads otherwise run on
+/// as many of tokio's blocking threads as there are requests (up to 512): the reads beyond this wait for a
+/// connection instead. On two cores, eight reads at once keep both busy.
+pub(crate) const MAX_READERS: usize = 8;
+
+/// Connections for reads, opened on demand (at most [`MAX_READERS`]) and kept for reuse.
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Readers {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path, idle: Mutex::new(Vec::new()) }
+        Self { path, idle: Mutex::new(Vec::new()), permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)) }
     }
 
     fn take(&self) -> Result<Connection, StoreError> {
@@ -70,12 +76,14 @@ impl Readers {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let me = self.clone();
+        let permit = self.permits.clone().acquire_owned().await.map_err(StoreError::internal)?;
         tokio::task::spawn_blocking(move || {
             let conn = me.take()?;
             let result = f(&conn);
             if let Ok(mut idle) = me.idle.lock() {
                 idle.push(conn);
             }
+            drop(permit);
             result
         })
         .await
@@ -187,4 +195,50 @@ pub(crate) fn search(
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Readers, MAX_READERS};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_beyond_the_limit_wait_for_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("readers.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x)")
+            .unwrap();
+        let readers = Arc::new(Readers::new(path));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..4 * MAX_READERS)
+            .map(|_| {
+                let (readers, running, most) = (readers.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    readers
+                        .run(move |conn| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            Ok(rows)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 0);
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_READERS, "{most} reads ran at once");
+        assert!(most > 1, "the reads ran one at a time");
+        assert!(readers.idle.lock().unwrap().len() <= MAX_READERS);
+    }
 }
