@@ -146,7 +146,7 @@ pub(crate) fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, settings
         }
         execute(&mut conn, batch.drain(..), &settings);
         batches = batches.wrapping_add(1);
-        if batches % RESIZE_EVERY == 0 {
+        if batches.is_multiple_of(RESIZE_EVERY) {
             if let Err(e) = size_cache(&conn) {
                 tracing::warn!(error = %e, "sqlite: cannot size the writer's page cache");
             }
