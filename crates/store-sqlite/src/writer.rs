@@ -230,5 +230,12 @@ mod tests {
         conn.pragma_update(None, "cache_size", 100).unwrap();
         size_cache(&conn).unwrap();
         assert_eq!(cache_size(&conn), -8192, "100 pages of 4 KiB are less than the floor");
+        // Read in the right unit: 4 000 KiB is less than the floor, 3 000 pages of 4 KiB are more.
+        conn.pragma_update(None, "cache_size", -4_000).unwrap();
+        size_cache(&conn).unwrap();
+        assert_eq!(cache_size(&conn), -8192, "4 000 KiB grow to the floor");
+        conn.pragma_update(None, "cache_size", 3_000).unwrap();
+        size_cache(&conn).unwrap();
+        assert_eq!(cache_size(&conn), 3_000, "3 000 pages (12 000 KiB) stay");
     }
 }
