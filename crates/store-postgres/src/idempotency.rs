@@ -37,18 +37,26 @@ async fn claim_fresh(
     lease: &str,
     ttl: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    insert_running(store.pool(), key, fingerprint, holder, lease, ttl, "DO NOTHING").await
+}
+
+/// Inserts `key` as a running claim (lease and expiry from the database's clock), `on_conflict` deciding
+/// what becomes of a key already there: `true` if a row was written.
+async fn insert_running<'e>(
+    db: impl PgExecutor<'e>,
+    key: &str,
+    fingerprint: &str,
+    holder: &str,
+    lease: &str,
+    ttl: &str,
+    on_conflict: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
         "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
          VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval, $5)
-         ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key)
-    .bind(fingerprint)
-    .bind(lease)
-    .bind(ttl)
-    .bind(holder)
-    .execute(store.pool())
-    .await?;
+         ON CONFLICT (key) {on_conflict}"
+    );
+    let done = sqlx::query(&sql).bind(key).bind(fingerprint).bind(lease).bind(ttl).bind(holder).execute(db).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -101,22 +109,11 @@ async fn claim_once(
         ClaimDecision::Fresh => {
             // Replaces only a key that has expired: one [`claim_fresh`] inserted since the read (it takes no
             // advisory lock) is a live claim, so the step runs again and reads it.
-            let done = sqlx::query(
-                "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
-                 VALUES ($1, $2, 'running', now() + $3::interval, now() + $4::interval, $5)
-                 ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
+            const REPLACE_EXPIRED: &str = "DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
                      locked_until = excluded.locked_until, expires_at = excluded.expires_at,
                      holder = excluded.holder, status = NULL, content_type = NULL, location = NULL, body = NULL
-                 WHERE idempotency_keys.expires_at <= now()",
-            )
-            .bind(key)
-            .bind(fingerprint)
-            .bind(lease)
-            .bind(ttl)
-            .bind(holder)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
+                 WHERE idempotency_keys.expires_at <= now()";
+            if !insert_running(&mut *tx, key, fingerprint, holder, lease, ttl, REPLACE_EXPIRED).await? {
                 return Err(Failure::Retry(sqlx::Error::Protocol("a fresh claim of the key came first".into())));
             }
             Claim::Proceed
