@@ -15,6 +15,7 @@
 //! transaction also completes it (see `write`). The same database can hold what a CRM backend keeps beside
 //! the CRM (see `sidecar`).
 
+mod batch;
 mod idempotency;
 mod outbox;
 mod read;
@@ -23,6 +24,7 @@ pub mod scratch;
 mod sidecar;
 mod write;
 
+pub use batch::Batching;
 pub use write::key_lock_id;
 
 use std::str::FromStr;
@@ -51,6 +53,8 @@ pub struct PgConfig {
     pub statement_timeout: Duration,
     /// Whether every status change also writes its event to the outbox (events are configured).
     pub events: bool,
+    /// How concurrent writes share transactions (see `batch`).
+    pub batching: Batching,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for PgConfig {
             .field("url", &redact(&self.url))
             .field("matching", &self.matching)
             .field("max_connections", &self.max_connections)
+            .field("batching", &self.batching)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +113,7 @@ impl PgConfig {
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
             events: false,
+            batching: Batching::default(),
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct PgStore {
     /// the database lock, so they cannot starve other customers (or readiness) of connections.
     /// Each in an `Arc`, so a [`store::KeyLock`] can own its stripe's guard.
     stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// The queue that batches writes; `None` when each runs in its own transaction.
+    batcher: Option<batch::Batcher>,
 }
 
 const STRIPES: usize = 1024;
@@ -200,7 +208,9 @@ impl PgStore {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
         let stripes = (0..STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
-        Ok(Self { pool, matching: config.matching, stripes, events: config.events })
+        let batcher = (config.batching.max_batch > 1)
+            .then(|| batch::Batcher::start(pool.clone(), config.matching, config.events, config.batching));
+        Ok(Self { pool, matching: config.matching, stripes, events: config.events, batcher })
     }
 
     fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
@@ -274,6 +284,12 @@ impl store::Reports for PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
+        if let Some(batcher) = &self.batcher {
+            return match batcher.submit(batch::Op::Create(Box::new(request.clone())), ctx.clone()).await? {
+                batch::Done::Create(outcome) => Ok(outcome),
+                _ => Err(StoreError::internal("a create answered as another operation")),
+            };
+        }
         let _queued = self.stripe(request.match_key(self.matching).expose()).lock().await;
         write::retrying(|| write::create(&self.pool, request, ctx, self.matching, self.events)).await
     }
@@ -285,6 +301,13 @@ impl Store for PgStore {
         convert: bool,
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
+        if let Some(batcher) = &self.batcher {
+            let op = batch::Op::CloseWon { record_type, id: id.to_owned(), convert };
+            return match batcher.submit(op, ctx.clone()).await? {
+                batch::Done::CloseWon(outcome) => Ok(outcome),
+                _ => Err(StoreError::internal("a close-won answered as another operation")),
+            };
+        }
         let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
         let _queued = self.stripe(&key).lock().await;
         write::retrying(|| write::close_won(&self.pool, &key, record_type, id, convert, ctx, self.events)).await
@@ -296,6 +319,13 @@ impl Store for PgStore {
         id: &str,
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
+        if let Some(batcher) = &self.batcher {
+            let op = batch::Op::CloseLost { record_type, id: id.to_owned() };
+            return match batcher.submit(op, ctx.clone()).await? {
+                batch::Done::CloseLost(outcome) => Ok(outcome),
+                _ => Err(StoreError::internal("a close-lost answered as another operation")),
+            };
+        }
         let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
         let _queued = self.stripe(&key).lock().await;
         write::retrying(|| write::close_lost(&self.pool, &key, record_type, id, ctx, self.events)).await

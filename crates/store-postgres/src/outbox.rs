@@ -36,11 +36,67 @@ pub(crate) async fn write(
     .bind(n)
     .fetch_one(&mut *conn)
     .await?;
-    let rendered = events::render(changes, ctx, at, &key_id, last - n + 1);
+    insert(conn, &events::render(changes, ctx, at, &key_id, last - n + 1)).await
+}
+
+/// The events of a batch of writes (see `batch`): for each write, its matching key, its changes, its
+/// request and its time, in the order the writes ran. One statement reserves every key's sequence numbers,
+/// one inserts every event.
+pub(crate) async fn write_batch(
+    conn: &mut PgConnection,
+    writes: &[(String, Vec<Change>, &RequestContext, OffsetDateTime)],
+) -> Result<(), sqlx::Error> {
+    // Each key once (a key may be written twice in a batch), with how many events it takes.
+    let mut keys: Vec<&str> = Vec::new();
+    let mut counts: Vec<i64> = Vec::new();
+    for (key, changes, _, _) in writes.iter().filter(|w| !w.1.is_empty()) {
+        match keys.iter().position(|k| k == key) {
+            Some(i) => counts[i] += changes.len() as i64,
+            None => {
+                keys.push(key);
+                counts.push(changes.len() as i64);
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let fresh: Vec<String> = keys.iter().map(|_| events::new_key_id()).collect();
+    let reserved: Vec<(String, String, i64)> = sqlx::query_as(
+        "INSERT INTO outbox_keys (match_key, key_id, last_sequence)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+         ON CONFLICT (match_key) DO UPDATE SET last_sequence = outbox_keys.last_sequence + excluded.last_sequence
+         RETURNING match_key, key_id, last_sequence",
+    )
+    .bind(&keys)
+    .bind(&fresh)
+    .bind(&counts)
+    .fetch_all(&mut *conn)
+    .await?;
+    // Each key's next number: the first of the ones just reserved.
+    let mut next: std::collections::HashMap<String, (String, i64)> = reserved
+        .into_iter()
+        .map(|(key, key_id, last)| {
+            let count = keys.iter().position(|k| *k == key).map_or(0, |i| counts[i]);
+            (key, (key_id, last - count + 1))
+        })
+        .collect();
+    let mut rendered = Vec::new();
+    for (key, changes, ctx, at) in writes.iter().filter(|w| !w.1.is_empty()) {
+        let Some((key_id, first)) = next.get_mut(key) else {
+            return Err(sqlx::Error::Protocol("an outbox key was not reserved".into()));
+        };
+        rendered.extend(events::render(changes, ctx, *at, key_id, *first));
+        *first += changes.len() as i64;
+    }
+    insert(conn, &rendered).await
+}
+
+/// Inserts rendered events in one statement; `WITH ORDINALITY` keeps their order in the outbox.
+async fn insert(conn: &mut PgConnection, rendered: &[events::Event]) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = rendered.iter().map(|e| e.id.as_str()).collect();
     let subjects: Vec<&str> = rendered.iter().map(|e| e.subject.as_str()).collect();
     let bodies: Vec<&str> = rendered.iter().map(|e| e.body.as_str()).collect();
-    // One statement for all of them; `WITH ORDINALITY` keeps their order in the outbox.
     sqlx::query(
         "INSERT INTO outbox (event_id, subject, body)
          SELECT id, subject, body FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY

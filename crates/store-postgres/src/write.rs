@@ -112,7 +112,7 @@ async fn finish(mut tx: Tx, ctx: &RequestContext, outcome: Answer<'_>) -> Result
     tx.commit().await
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 

@@ -14,6 +14,22 @@ async fn fresh() -> (Arc<dyn Backend>, ScratchDb) {
 
 store::contract_suite!(fresh);
 
+/// The same suite with each write in its own transaction: the path a batch falls back to.
+mod alone {
+    use super::*;
+    use store_postgres::Batching;
+
+    async fn fresh() -> (Arc<dyn Backend>, ScratchDb) {
+        let db = ScratchDb::create("crm_contract").await;
+        let mut config = PgConfig::new(&db.url);
+        config.batching = Batching { max_batch: 1, ..Batching::default() };
+        let store = PgStore::open(config).await.unwrap();
+        (Arc::new(store), db)
+    }
+
+    store::contract_suite!(fresh);
+}
+
 async fn with_events(events: bool) -> (Arc<dyn Backend>, Arc<dyn store::events::Outbox>, ScratchDb) {
     let db = ScratchDb::create("crm_outbox").await;
     let mut config = PgConfig::new(&db.url);

@@ -1,0 +1,759 @@
+//! Concurrent writes share one transaction.
+//!
+//! One transaction per request costs a request about five round trips and a commit; on a busy database the
+//! round trips, not the work, are what runs out. So the writes of a replica go through a queue: whenever a
+//! slot is free, the writes that wait are taken together (up to `max_batch`) and run as one transaction
+//! whose statements are set-based: a few round trips for the whole batch, whatever its size.
+//!
+//! The transaction takes the advisory lock of every matching key the batch touches, in ascending order (so
+//! two batches, on any replicas, can never deadlock on each other), and reads, in one statement, what the
+//! rules need for all of them: the open records of the creates' keys and the records the closes name. Then
+//! the lifecycle core plans each request **in turn** against an in-memory model of those records, which
+//! each plan updates, so the batch ends exactly as if its requests had run one after the other in the order
+//! they were taken. Each table's rows are then written with one statement, and every answer is sent only
+//! once the commit returns.
+//!
+//! If anything fails before the commit, the transaction rolls back, leaving nothing, and each request runs
+//! again alone on the one-transaction-per-request path (see `write`), so one bad request answers for itself
+//! and the rest are unaffected. If the commit itself fails, its outcome is unknown, and every request of
+//! the batch answers that the backend is unavailable, exactly as a lone request would.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use lifecycle::{
+    plan_close_lost, plan_close_won, plan_create, CloseLostPlan, CloseWonPlan, CreatePlan, CustomerType, Matching,
+    OpenRecord, OwnerId, Product, Reason, RecordType, Snapshot, Status, Target,
+};
+use sqlx::PgPool;
+use store::{events, Answer, CloseWonOutcome, CreateOutcome, CreateRequest, RecordRef, RequestContext, StoreError};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error;
+use crate::write::{self, key_lock_id};
+
+/// A write, as the port asks for it.
+pub(crate) enum Op {
+    Create(Box<CreateRequest>),
+    CloseWon { record_type: RecordType, id: String, convert: bool },
+    CloseLost { record_type: RecordType, id: String },
+}
+
+/// A write's answer.
+pub(crate) enum Done {
+    Create(CreateOutcome),
+    CloseWon(CloseWonOutcome),
+    CloseLost(RecordRef),
+}
+
+impl Done {
+    fn answer(&self) -> Answer<'_> {
+        match self {
+            Done::Create(o) => Answer::Create(o),
+            Done::CloseWon(o) => Answer::CloseWon(o),
+            Done::CloseLost(o) => Answer::CloseLost(o),
+        }
+    }
+}
+
+struct Job {
+    op: Op,
+    ctx: RequestContext,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// How the writes of a replica are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most requests in one transaction; 1 runs each request in its own.
+    pub max_batch: usize,
+    /// Most batch transactions running at once.
+    pub concurrent: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self { max_batch: 64, concurrent: 4 }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    matching: Matching,
+    events: bool,
+    batching: Batching,
+}
+
+/// The queue of a replica's writes; the task that batches them ends when the queue is dropped.
+pub(crate) struct Batcher {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    pub(crate) fn start(pool: PgPool, matching: Matching, events: bool, batching: Batching) -> Self {
+        let (queue, jobs) = mpsc::channel(4096);
+        let settings = Settings { matching, events, batching };
+        tokio::spawn(dispatch(jobs, pool, settings));
+        Self { queue }
+    }
+
+    /// Queues `op` and waits for its answer.
+    pub(crate) async fn submit(&self, op: Op, ctx: RequestContext) -> Result<Done, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { op, ctx, reply })
+            .await
+            .map_err(|_| StoreError::unavailable("the PostgreSQL writer has stopped"))?;
+        answer.await.map_err(|_| StoreError::internal("a PostgreSQL batch ended without answering"))?
+    }
+}
+
+async fn dispatch(mut queue: mpsc::Receiver<Job>, pool: PgPool, settings: Settings) {
+    let slots = Arc::new(Semaphore::new(settings.batching.concurrent.max(1)));
+    while let Some(first) = queue.recv().await {
+        // While every slot is busy, the writes that arrive wait in the queue and join the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < settings.batching.max_batch.max(1) {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            run(&pool, settings, jobs).await;
+            drop(slot);
+        });
+    }
+}
+
+/// How a batch failed.
+enum Stop {
+    /// Before the commit: nothing was written.
+    Before(StoreError),
+    /// At the commit: it may or may not have been written.
+    Commit(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(e: sqlx::Error) -> Self {
+        Stop::Before(error(e))
+    }
+}
+
+async fn run(pool: &PgPool, settings: Settings, jobs: Vec<Job>) {
+    if settings.batching.max_batch <= 1 {
+        for job in jobs {
+            let done = alone(pool, settings, &job.op, &job.ctx).await;
+            let _ = job.reply.send(done);
+        }
+        return;
+    }
+    match together(pool, settings, &jobs).await {
+        Ok(answers) => {
+            for (job, done) in jobs.into_iter().zip(answers) {
+                let _ = job.reply.send(done);
+            }
+        }
+        Err(Stop::Commit(e)) => {
+            tracing::warn!(error = %e, requests = jobs.len(), "postgres: a batch's commit failed");
+            let message = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::unavailable(message.clone())));
+            }
+        }
+        Err(Stop::Before(e)) => {
+            tracing::debug!(error = %e, requests = jobs.len(), "postgres: a batch failed, running its requests alone");
+            for job in jobs {
+                let done = alone(pool, settings, &job.op, &job.ctx).await;
+                let _ = job.reply.send(done);
+            }
+        }
+    }
+}
+
+/// Runs one write in its own transaction (see `write`).
+async fn alone(pool: &PgPool, s: Settings, op: &Op, ctx: &RequestContext) -> Result<Done, StoreError> {
+    match op {
+        Op::Create(request) => {
+            write::retrying(|| write::create(pool, request, ctx, s.matching, s.events)).await.map(Done::Create)
+        }
+        Op::CloseWon { record_type, id, convert } => {
+            let key = write::retrying(|| write::key_of(pool, *record_type, id)).await?;
+            write::retrying(|| write::close_won(pool, &key, *record_type, id, *convert, ctx, s.events))
+                .await
+                .map(Done::CloseWon)
+        }
+        Op::CloseLost { record_type, id } => {
+            let key = write::retrying(|| write::key_of(pool, *record_type, id)).await?;
+            write::retrying(|| write::close_lost(pool, &key, *record_type, id, ctx, s.events))
+                .await
+                .map(Done::CloseLost)
+        }
+    }
+}
+
+/// A record the batch read or made, as the plans see it.
+struct Rec {
+    key: String,
+    record_type: RecordType,
+    status: Status,
+    owner: OwnerId,
+    product: Product,
+    converted: Option<String>,
+}
+
+/// What the batch knows of its keys: every record it read or made, and each key's open ones, newest first.
+#[derive(Default)]
+struct Model {
+    records: HashMap<String, Rec>,
+    open: HashMap<String, Vec<String>>,
+}
+
+impl Model {
+    fn snapshot(&self, key: &str, customer_type: CustomerType) -> Snapshot {
+        let ids = self.open.get(key).map(Vec::as_slice).unwrap_or_default();
+        let open = ids
+            .iter()
+            .filter_map(|id| self.records.get(id).map(|r| (id, r)))
+            // ETB never reads or changes leads (SPEC §2.1).
+            .filter(|(_, r)| customer_type == CustomerType::Ntb || r.record_type == RecordType::Opportunity)
+            .map(|(id, r)| OpenRecord { id: id.clone(), record_type: r.record_type, owner_id: r.owner.clone() })
+            .collect();
+        Snapshot { open }
+    }
+
+    fn target(&self, id: &str) -> Option<(Target, &Rec)> {
+        self.records.get(id).map(|r| {
+            let target = Target {
+                id: id.to_owned(),
+                record_type: r.record_type,
+                status: r.status,
+                converted_opportunity_id: r.converted.clone(),
+            };
+            (target, r)
+        })
+    }
+
+    /// Sets `id` final: it leaves its key's open records.
+    fn close(&mut self, id: &str, status: Status, converted: Option<&str>) {
+        if let Some(r) = self.records.get_mut(id) {
+            r.status = status;
+            if let Some(c) = converted {
+                r.converted = Some(c.to_owned());
+            }
+            if let Some(open) = self.open.get_mut(&r.key) {
+                open.retain(|o| o != id);
+            }
+        }
+    }
+}
+
+/// The rows the batch writes, a column per vector, in the order the requests ran.
+#[derive(Default)]
+struct Rows<'a> {
+    // Status changes of existing records.
+    changed_id: Vec<String>,
+    changed_from: Vec<&'static str>,
+    changed_to: Vec<&'static str>,
+    changed_at: Vec<OffsetDateTime>,
+    changed_converted: Vec<Option<String>>,
+    // New records: `made_lead` is the lead a converted opportunity copies; the other columns are then unused.
+    made_id: Vec<String>,
+    made_lead: Vec<Option<String>>,
+    made_type: Vec<&'static str>,
+    made_status: Vec<&'static str>,
+    made_key: Vec<Option<String>>,
+    made_owner: Vec<Option<&'a str>>,
+    made_customer_type: Vec<Option<&'static str>>,
+    made_id_number: Vec<Option<&'a str>>,
+    made_cif: Vec<Option<&'a str>>,
+    made_name: Vec<Option<&'a str>>,
+    made_phone: Vec<Option<&'a str>>,
+    made_email: Vec<Option<&'a str>>,
+    made_product: Vec<Option<&'a str>>,
+    made_channel: Vec<Option<&'a str>>,
+    made_journey: Vec<Option<&'a str>>,
+    made_at: Vec<OffsetDateTime>,
+    // History.
+    history_record: Vec<String>,
+    history_from: Vec<Option<&'static str>>,
+    history_to: Vec<&'static str>,
+    history_at: Vec<OffsetDateTime>,
+    history_request: Vec<&'a str>,
+    history_channel: Vec<&'a str>,
+    history_reason: Vec<Option<&'a str>>,
+    // Answers kept for idempotency keys.
+    answer_key: Vec<&'a str>,
+    answer_holder: Vec<&'a str>,
+    answer_status: Vec<i32>,
+    answer_content_type: Vec<Option<String>>,
+    answer_location: Vec<Option<String>>,
+    answer_body: Vec<Vec<u8>>,
+    // Events: the key, the changes, the request and its time.
+    events: Vec<(String, Vec<events::Change>, &'a RequestContext, OffsetDateTime)>,
+}
+
+impl<'a> Rows<'a> {
+    fn history(
+        &mut self,
+        record: &str,
+        from: Option<Status>,
+        to: Status,
+        at: OffsetDateTime,
+        ctx: &'a RequestContext,
+        reason: Option<&'a Reason>,
+    ) {
+        self.history_record.push(record.to_owned());
+        self.history_from.push(from.map(|s| s.as_str()));
+        self.history_to.push(to.as_str());
+        self.history_at.push(at);
+        self.history_request.push(&ctx.request_id);
+        self.history_channel.push(ctx.channel.as_str());
+        self.history_reason.push(reason.map(Reason::as_str));
+    }
+
+    fn change(&mut self, id: &str, from: Status, to: Status, at: OffsetDateTime, converted: Option<&str>) {
+        self.changed_id.push(id.to_owned());
+        self.changed_from.push(from.as_str());
+        self.changed_to.push(to.as_str());
+        self.changed_at.push(at);
+        self.changed_converted.push(converted.map(str::to_owned));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changed_id.is_empty() && self.made_id.is_empty() && self.answer_key.is_empty()
+    }
+}
+
+/// The owner's-change reason, shared by every replaced record's history row.
+static OWNER_CHANGED: std::sync::LazyLock<Reason> = std::sync::LazyLock::new(Reason::owner_changed);
+
+async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result<Done, StoreError>>, Stop> {
+    let mut answers: Vec<Option<Result<Done, StoreError>>> = jobs.iter().map(|_| None).collect();
+    // The keys of the records the closes name (a record's key never changes, so this needs no lock).
+    let named: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| match &j.op {
+            Op::CloseWon { id, .. } | Op::CloseLost { id, .. } => Some(id.as_str()),
+            Op::Create(_) => None,
+        })
+        .collect();
+    let mut key_of: HashMap<String, (String, String)> = HashMap::new();
+    if !named.is_empty() {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT id, record_type, match_key FROM records WHERE id = ANY($1)")
+                .bind(&named)
+                .fetch_all(pool)
+                .await?;
+        key_of = rows.into_iter().map(|(id, t, k)| (id, (t, k))).collect();
+    }
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(jobs.len());
+    for (job, answer) in jobs.iter().zip(answers.iter_mut()) {
+        let key = match &job.op {
+            Op::Create(request) => Some(request.match_key(s.matching).expose().to_owned()),
+            Op::CloseWon { record_type, id, .. } | Op::CloseLost { record_type, id } => match key_of.get(id) {
+                Some((t, k)) if t == record_type.as_str() => Some(k.clone()),
+                _ => None,
+            },
+        };
+        if key.is_none() {
+            *answer = Some(Err(StoreError::NotFound));
+        }
+        keys.push(key);
+    }
+    let mut locks: Vec<i64> = keys.iter().flatten().map(|k| key_lock_id(k)).collect();
+    if locks.is_empty() {
+        return Ok(answers.into_iter().map(|a| a.unwrap_or(Err(StoreError::NotFound))).collect());
+    }
+    locks.sort_unstable();
+    locks.dedup();
+    // Generic plans, as in `write::begin_locked`; the locks in ascending order.
+    let mut begin = String::from("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan;");
+    for lock in &locks {
+        let _ = write!(begin, " SELECT pg_advisory_xact_lock({lock});");
+    }
+    let mut tx = pool.begin_with(begin).await?;
+
+    // What the plans need, read under the locks, with the time.
+    let mut create_keys: Vec<&str> = jobs
+        .iter()
+        .zip(&keys)
+        .filter_map(|(j, k)| matches!(j.op, Op::Create(_)).then_some(k.as_deref()).flatten())
+        .collect();
+    create_keys.sort_unstable();
+    create_keys.dedup();
+    let named: Vec<&str> = named.into_iter().filter(|id| key_of.contains_key(*id)).collect();
+    type Read = (
+        OffsetDateTime,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<OffsetDateTime>,
+    );
+    let rows: Vec<Read> = sqlx::query_as(
+        "SELECT c.at, r.id, r.match_key, r.record_type, r.status, r.owner_id, r.product,
+             r.converted_opportunity_id, r.updated_at
+         FROM (SELECT clock_timestamp() AS at) AS c
+         LEFT JOIN (
+             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at
+             FROM records WHERE match_key = ANY($1) AND status IN ('New Lead', 'New Opportunity')
+             UNION
+             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at
+             FROM records WHERE id = ANY($2)
+         ) AS r ON true
+         ORDER BY r.seq DESC",
+    )
+    .bind(&create_keys)
+    .bind(&named)
+    .fetch_all(&mut *tx)
+    .await?;
+    let now = rows.first().map(|r| r.0).ok_or_else(|| Stop::Before(StoreError::internal("no clock row")))?;
+    // Each request gets its own instant, a microsecond apart, after anything the batch read was changed.
+    let latest = rows.iter().filter_map(|r| r.8).max();
+    let start = match latest {
+        Some(t) if t >= now => t + Duration::microseconds(1),
+        _ => now,
+    };
+    let mut model = Model::default();
+    for (_, id, key, record_type, status, owner, product, converted, _) in rows {
+        let (Some(id), Some(key), Some(record_type), Some(status), Some(owner), Some(product)) =
+            (id, key, record_type, status, owner, product)
+        else {
+            continue;
+        };
+        let status = Status::parse(&status).map_err(|e| Stop::Before(StoreError::internal(e)))?;
+        if status.is_open() {
+            model.open.entry(key.clone()).or_default().push(id.clone());
+        }
+        let record_type = RecordType::parse(&record_type).map_err(|e| Stop::Before(StoreError::internal(e)))?;
+        let rec = Rec {
+            key,
+            record_type,
+            status,
+            owner: OwnerId::from_stored(owner),
+            product: Product::from_stored(product),
+            converted,
+        };
+        model.records.insert(id, rec);
+    }
+
+    // Each request planned in turn, on the model as the ones before it left it.
+    let mut out = Rows::default();
+    for (n, ((job, key), answer)) in jobs.iter().zip(&keys).zip(answers.iter_mut()).enumerate() {
+        let Some(key) = key else { continue };
+        let at = start + Duration::microseconds(n as i64);
+        let done = match &job.op {
+            Op::Create(request) => {
+                plan_one_create(&mut model, &mut out, s, request, &job.ctx, key, at).map(Done::Create)
+            }
+            Op::CloseWon { id, convert, .. } => {
+                plan_one_close_won(&mut model, &mut out, s, id, *convert, &job.ctx, at).map(Done::CloseWon)
+            }
+            Op::CloseLost { id, .. } => {
+                plan_one_close_lost(&mut model, &mut out, s, id, &job.ctx, at).map(Done::CloseLost)
+            }
+        };
+        if let Ok(done) = &done {
+            if let Some((key, holder, response)) = job.ctx.completion(done.answer()) {
+                out.answer_key.push(key);
+                out.answer_holder.push(holder);
+                out.answer_status.push(i32::from(response.status));
+                out.answer_content_type.push(response.content_type);
+                out.answer_location.push(response.location);
+                out.answer_body.push(response.body);
+            }
+        }
+        *answer = Some(done);
+    }
+
+    if out.is_empty() {
+        tx.rollback().await?;
+    } else {
+        write_rows(&mut tx, &out).await?;
+        if s.events && !out.events.is_empty() {
+            crate::outbox::write_batch(&mut tx, &out.events).await?;
+        }
+        tx.commit().await.map_err(Stop::Commit)?;
+    }
+    Ok(answers.into_iter().map(|a| a.unwrap_or(Err(StoreError::NotFound))).collect())
+}
+
+fn plan_one_create<'a>(
+    model: &mut Model,
+    out: &mut Rows<'a>,
+    s: Settings,
+    request: &'a CreateRequest,
+    ctx: &'a RequestContext,
+    key: &str,
+    at: OffsetDateTime,
+) -> Result<CreateOutcome, StoreError> {
+    let snapshot = model.snapshot(key, request.customer_type);
+    let plan = plan_create(request.customer_type, &request.owner_id, &snapshot);
+    let result = plan.result();
+    let (record_type, close) = match plan {
+        CreatePlan::Existing { record_type, id } => {
+            return Ok(CreateOutcome {
+                result,
+                record_type,
+                status: record_type.open_status(),
+                id,
+                owner_id: request.owner_id.clone(),
+                closed_record_ids: Vec::new(),
+            });
+        }
+        CreatePlan::Create { record_type, close } => (record_type, close),
+    };
+    let open = record_type.open_status();
+    let id = write::new_id();
+    for closed in &close {
+        out.change(closed, open, Status::CloseLost, at, None);
+        out.history(closed, Some(open), Status::CloseLost, at, ctx, Some(&OWNER_CHANGED));
+        model.close(closed, Status::CloseLost, None);
+    }
+    let c = &request.customer;
+    out.made_id.push(id.clone());
+    out.made_lead.push(None);
+    out.made_type.push(record_type.as_str());
+    out.made_status.push(open.as_str());
+    out.made_key.push(Some(key.to_owned()));
+    out.made_owner.push(Some(request.owner_id.as_str()));
+    out.made_customer_type.push(Some(request.customer_type.as_str()));
+    out.made_id_number.push(Some(c.id_number.expose()));
+    out.made_cif.push(c.cif.as_ref().map(|v| v.expose()));
+    out.made_name.push(c.full_name.as_ref().map(|v| v.expose()));
+    out.made_phone.push(c.phone.as_ref().map(|v| v.expose()));
+    out.made_email.push(c.email.as_ref().map(|v| v.expose()));
+    out.made_product.push(Some(request.product.as_str()));
+    out.made_channel.push(Some(request.channel.as_str()));
+    out.made_journey.push(request.journey_id.as_ref().map(|v| v.as_str()));
+    out.made_at.push(at);
+    out.history(&id, None, open, at, ctx, ctx.reason.as_ref());
+    model.records.insert(
+        id.clone(),
+        Rec {
+            key: key.to_owned(),
+            record_type,
+            status: open,
+            owner: request.owner_id.clone(),
+            product: request.product.clone(),
+            converted: None,
+        },
+    );
+    model.open.entry(key.to_owned()).or_default().insert(0, id.clone());
+    let outcome = CreateOutcome {
+        result,
+        record_type,
+        id,
+        status: open,
+        owner_id: request.owner_id.clone(),
+        closed_record_ids: close,
+    };
+    if s.events {
+        let changes = events::on_create(request, ctx, &snapshot, &outcome);
+        out.events.push((key.to_owned(), changes, ctx, at));
+    }
+    Ok(outcome)
+}
+
+fn plan_one_close_won<'a>(
+    model: &mut Model,
+    out: &mut Rows<'a>,
+    s: Settings,
+    id: &str,
+    convert: bool,
+    ctx: &'a RequestContext,
+    at: OffsetDateTime,
+) -> Result<CloseWonOutcome, StoreError> {
+    let (before, rec) = model.target(id).ok_or(StoreError::NotFound)?;
+    let (key, owner, product) = (rec.key.clone(), rec.owner.clone(), rec.product.clone());
+    match plan_close_won(&before, convert) {
+        CloseWonPlan::AlreadyWon => Ok(CloseWonOutcome::won(&before)),
+        CloseWonPlan::Refuse => Err(StoreError::InvalidTransition { current: before.status }),
+        CloseWonPlan::Win { convert } => {
+            let opportunity = convert.then(write::new_id);
+            out.change(id, before.status, Status::CloseWon, at, opportunity.as_deref());
+            out.history(id, Some(before.status), Status::CloseWon, at, ctx, ctx.reason.as_ref());
+            if let Some(opp) = &opportunity {
+                out.made_id.push(opp.clone());
+                out.made_lead.push(Some(id.to_owned()));
+                out.made_type.push(RecordType::Opportunity.as_str());
+                out.made_status.push(Status::CloseWon.as_str());
+                for column in [
+                    &mut out.made_owner,
+                    &mut out.made_id_number,
+                    &mut out.made_cif,
+                    &mut out.made_name,
+                    &mut out.made_phone,
+                    &mut out.made_email,
+                    &mut out.made_product,
+                    &mut out.made_channel,
+                    &mut out.made_journey,
+                ] {
+                    column.push(None);
+                }
+                out.made_key.push(None);
+                out.made_customer_type.push(None);
+                out.made_at.push(at);
+                out.history(opp, None, Status::CloseWon, at, ctx, ctx.reason.as_ref());
+            }
+            model.close(id, Status::CloseWon, opportunity.as_deref());
+            let mut after = before.clone();
+            if opportunity.is_some() {
+                after.converted_opportunity_id = opportunity;
+            }
+            let outcome = CloseWonOutcome::won(&after);
+            if s.events {
+                let changes = events::on_close_won(&before, &owner, &product, ctx, &outcome);
+                out.events.push((key, changes, ctx, at));
+            }
+            Ok(outcome)
+        }
+    }
+}
+
+fn plan_one_close_lost<'a>(
+    model: &mut Model,
+    out: &mut Rows<'a>,
+    s: Settings,
+    id: &str,
+    ctx: &'a RequestContext,
+    at: OffsetDateTime,
+) -> Result<RecordRef, StoreError> {
+    let (before, rec) = model.target(id).ok_or(StoreError::NotFound)?;
+    let (key, owner, product) = (rec.key.clone(), rec.owner.clone(), rec.product.clone());
+    let outcome = RecordRef { id: id.to_owned(), status: Status::CloseLost };
+    match plan_close_lost(&before) {
+        CloseLostPlan::AlreadyLost => Ok(outcome),
+        CloseLostPlan::Refuse => Err(StoreError::InvalidTransition { current: before.status }),
+        CloseLostPlan::Lose => {
+            out.change(id, before.status, Status::CloseLost, at, None);
+            out.history(id, Some(before.status), Status::CloseLost, at, ctx, ctx.reason.as_ref());
+            model.close(id, Status::CloseLost, None);
+            if s.events {
+                let changes = events::on_close_lost(&before, &owner, &product, ctx);
+                out.events.push((key, changes, ctx, at));
+            }
+            Ok(outcome)
+        }
+    }
+}
+
+/// Writes the batch's rows: a statement per table, each checked for the rows it should have written.
+async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), Stop> {
+    if !out.changed_id.is_empty() {
+        // Each change lands only on the status it was planned from, which the locks guarantee.
+        let changed = sqlx::query(
+            "UPDATE records AS r SET status = c.status, updated_at = c.at,
+                 converted_opportunity_id = coalesce(c.converted, r.converted_opportunity_id)
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                 AS c (id, from_status, status, at, converted)
+             WHERE r.id = c.id AND r.status = c.from_status",
+        )
+        .bind(&out.changed_id)
+        .bind(&out.changed_from)
+        .bind(&out.changed_to)
+        .bind(&out.changed_at)
+        .bind(&out.changed_converted)
+        .execute(&mut *tx)
+        .await?;
+        expect(changed.rows_affected(), out.changed_id.len(), "a record changed under its key's lock")?;
+    }
+    if !out.made_id.is_empty() {
+        // New records in the order they were made ("newest first" reads their `seq`); a converted
+        // opportunity copies its lead's customer, key and owner.
+        let made = sqlx::query(
+            "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                 full_name, phone, email, product, channel, journey_id, converted_from_lead_id, created_at,
+                 updated_at)
+             SELECT m.id, m.record_type, m.status, coalesce(m.match_key, l.match_key),
+                 coalesce(m.owner_id, l.owner_id), coalesce(m.customer_type, l.customer_type),
+                 coalesce(m.id_number, l.id_number), CASE WHEN m.lead IS NULL THEN m.cif ELSE l.cif END,
+                 CASE WHEN m.lead IS NULL THEN m.full_name ELSE l.full_name END,
+                 CASE WHEN m.lead IS NULL THEN m.phone ELSE l.phone END,
+                 CASE WHEN m.lead IS NULL THEN m.email ELSE l.email END,
+                 coalesce(m.product, l.product), coalesce(m.channel, l.channel),
+                 CASE WHEN m.lead IS NULL THEN m.journey_id ELSE l.journey_id END, m.lead, m.at, m.at
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                     $15::text[], $16::timestamptz[]) WITH ORDINALITY
+                 AS m (id, lead, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+                     full_name, phone, email, product, channel, journey_id, at, n)
+             LEFT JOIN records AS l ON l.id = m.lead
+             ORDER BY m.n",
+        )
+        .bind(&out.made_id)
+        .bind(&out.made_lead)
+        .bind(&out.made_type)
+        .bind(&out.made_status)
+        .bind(&out.made_key)
+        .bind(&out.made_owner)
+        .bind(&out.made_customer_type)
+        .bind(&out.made_id_number)
+        .bind(&out.made_cif)
+        .bind(&out.made_name)
+        .bind(&out.made_phone)
+        .bind(&out.made_email)
+        .bind(&out.made_product)
+        .bind(&out.made_channel)
+        .bind(&out.made_journey)
+        .bind(&out.made_at)
+        .execute(&mut *tx)
+        .await?;
+        expect(made.rows_affected(), out.made_id.len(), "a new record was not written")?;
+    }
+    if !out.history_record.is_empty() {
+        let written = sqlx::query(
+            "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+             SELECT record_id, from_status, to_status, at, request_id, channel, reason
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+                 WITH ORDINALITY AS h (record_id, from_status, to_status, at, request_id, channel, reason, n)
+             ORDER BY h.n",
+        )
+        .bind(&out.history_record)
+        .bind(&out.history_from)
+        .bind(&out.history_to)
+        .bind(&out.history_at)
+        .bind(&out.history_request)
+        .bind(&out.history_channel)
+        .bind(&out.history_reason)
+        .execute(&mut *tx)
+        .await?;
+        expect(written.rows_affected(), out.history_record.len(), "a history row was not written")?;
+    }
+    if !out.answer_key.is_empty() {
+        // As `idempotency::complete_with`, for each request holding a key.
+        sqlx::query(
+            "UPDATE idempotency_keys AS k
+             SET state = 'done', locked_until = NULL, status = a.status, content_type = a.content_type,
+                 location = a.location, body = a.body
+             FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::bytea[])
+                 AS a (key, holder, status, content_type, location, body)
+             WHERE k.key = a.key AND k.holder = a.holder AND k.state = 'running'",
+        )
+        .bind(&out.answer_key)
+        .bind(&out.answer_holder)
+        .bind(&out.answer_status)
+        .bind(&out.answer_content_type)
+        .bind(&out.answer_location)
+        .bind(&out.answer_body)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn expect(rows: u64, wanted: usize, what: &str) -> Result<(), Stop> {
+    if rows == wanted as u64 {
+        Ok(())
+    } else {
+        Err(Stop::Before(StoreError::internal(format!("{what}: {rows} rows of {wanted}"))))
+    }
+}
