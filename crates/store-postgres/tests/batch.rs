@@ -1,0 +1,70 @@
+//! Batched writes (the adapter's `batch` module): a request the database refuses inside a batch answers for
+//! itself, and the others of its batch still commit, each with its own answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifecycle::{CreateResult, CustomerType, IdNumber, Matching, RecordType};
+use sqlx::Connection;
+use store::contract::{ctx, request};
+use store::{Store, StoreError};
+use store_postgres::scratch::ScratchDb;
+use store_postgres::{key_lock_id, Batching, PgConfig, PgStore};
+
+const REFUSED: &str = "079999999999";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_request_does_not_sink_its_batch() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    // The database refuses every record of one customer, as a rule a DBA added might.
+    sqlx::query(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse BEFORE INSERT ON records FOR EACH ROW WHEN (NEW.id_number = '{REFUSED}')
+         EXECUTE FUNCTION refuse()"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    // The one batch slot is held up: its batch waits for a key's lock, held here, while the next requests
+    // queue behind it and form one batch.
+    let first = request(CustomerType::Ntb, "079000000000", "CREDIT_CARD", "RM001");
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key_lock_id(first.match_key(Matching::default()).expose()))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let spawn = |id_number: &str| {
+        let (store, req) = (store.clone(), request(CustomerType::Ntb, id_number, "CREDIT_CARD", "RM001"));
+        tokio::spawn(async move { store.create(&req, &ctx("r")).await })
+    };
+    let waiting = spawn("079000000000");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let good: Vec<String> = (1..=8).map(|n| format!("07900000000{n}")).collect();
+    let mut queued: Vec<_> = good.iter().map(|n| spawn(n)).collect();
+    queued.insert(4, spawn(REFUSED));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+
+    assert_eq!(waiting.await.unwrap().unwrap().result, CreateResult::Created);
+    let refused = queued.remove(4).await.unwrap();
+    assert!(matches!(refused, Err(StoreError::Internal(_))), "{refused:?}");
+    for (id_number, answer) in good.iter().zip(queued) {
+        let outcome = answer.await.unwrap().unwrap();
+        assert_eq!(outcome.result, CreateResult::Created);
+        let kept = store.get(RecordType::Lead, &outcome.id).await.unwrap().expect("the answered record is stored");
+        assert_eq!(kept.record.id_number.expose(), id_number);
+        assert_eq!(kept.history.len(), 1);
+    }
+    let found = store.search(&IdNumber::parse(REFUSED).unwrap(), None).await.unwrap();
+    assert!(found.leads.is_empty() && found.opportunities.is_empty());
+}
