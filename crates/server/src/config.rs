@@ -74,6 +74,10 @@ pub struct Settings {
     pub sqlite_max_batch: usize,
     /// PostgreSQL connections per replica.
     pub postgres_max_connections: u32,
+    /// Most concurrent writes one PostgreSQL transaction carries; 1 gives each its own.
+    pub postgres_max_batch: usize,
+    /// Most PostgreSQL write transactions a replica runs at once.
+    pub postgres_batches: usize,
     /// Longest a request may take, body included, before it is answered 408.
     pub request_timeout: Duration,
     /// After SIGTERM, how long requests in flight may take before the process exits anyway.
@@ -130,6 +134,8 @@ impl Default for Settings {
             log_filter: "info".into(),
             sqlite_max_batch: 256,
             postgres_max_connections: 16,
+            postgres_max_batch: 64,
+            postgres_batches: 4,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
@@ -157,6 +163,8 @@ pub struct FileSettings {
     pub log_filter: Option<String>,
     pub sqlite_max_batch: Option<usize>,
     pub postgres_max_connections: Option<u32>,
+    pub postgres_max_batch: Option<usize>,
+    pub postgres_batches: Option<usize>,
     pub postgres_acquire_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
@@ -223,6 +231,12 @@ pub struct Overrides {
     /// PostgreSQL connections per replica [default: 16]
     #[arg(long, env = "CRM_POSTGRES_MAX_CONNECTIONS", value_name = "N")]
     pub postgres_max_connections: Option<u32>,
+    /// Most concurrent writes one PostgreSQL transaction carries; 1 gives each its own [default: 64]
+    #[arg(long, env = "CRM_POSTGRES_MAX_BATCH", value_name = "N")]
+    pub postgres_max_batch: Option<usize>,
+    /// Most PostgreSQL write transactions a replica runs at once [default: 4]
+    #[arg(long, env = "CRM_POSTGRES_BATCHES", value_name = "N")]
+    pub postgres_batches: Option<usize>,
     /// Longest wait for a PostgreSQL connection before a 503, in milliseconds [default: 3000]
     #[arg(long, env = "CRM_POSTGRES_ACQUIRE_TIMEOUT_MS", value_name = "MS")]
     pub postgres_acquire_timeout_ms: Option<u64>,
@@ -392,6 +406,18 @@ impl Settings {
                 ));
             }
             s.postgres_max_connections = v;
+        }
+        if let Some(v) = overrides.postgres_max_batch.or(file.postgres_max_batch) {
+            if v == 0 || v > 1000 {
+                return Err(bad("postgres_max_batch (--postgres-max-batch, CRM_POSTGRES_MAX_BATCH)", "must be 1-1000"));
+            }
+            s.postgres_max_batch = v;
+        }
+        if let Some(v) = overrides.postgres_batches.or(file.postgres_batches) {
+            if v == 0 || v > 1000 {
+                return Err(bad("postgres_batches (--postgres-batches, CRM_POSTGRES_BATCHES)", "must be 1-1000"));
+            }
+            s.postgres_batches = v;
         }
         for (name, value, target) in [
             (

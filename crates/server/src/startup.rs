@@ -149,6 +149,8 @@ pub fn pg_config(settings: &Settings, url: &str) -> PgConfig {
     let mut config = PgConfig::new(url);
     config.matching = settings.matching;
     config.max_connections = settings.postgres_max_connections;
+    config.batching =
+        store_postgres::Batching { max_batch: settings.postgres_max_batch, concurrent: settings.postgres_batches };
     config.acquire_timeout = settings.postgres_acquire_timeout;
     config.events = settings.events.is_some();
     config

@@ -5,13 +5,16 @@
 //! slot is free, the writes that wait are taken together (up to `max_batch`) and run as one transaction
 //! whose statements are set-based: a few round trips for the whole batch, whatever its size.
 //!
-//! The transaction takes the advisory lock of every matching key the batch touches, in ascending order (so
-//! two batches, on any replicas, can never deadlock on each other), and reads, in one statement, what the
-//! rules need for all of them: the open records of the creates' keys and the records the closes name. Then
-//! the lifecycle core plans each request **in turn** against an in-memory model of those records, which
-//! each plan updates, so the batch ends exactly as if its requests had run one after the other in the order
-//! they were taken. Each table's rows are then written with one statement, and every answer is sent only
-//! once the commit returns.
+//! The transaction tries the advisory lock of every matching key the batch touches, without waiting: a
+//! request whose key another transaction holds (another replica's, or another batch's) leaves the batch
+//! and waits for its key alone, queued on its stripe, so a busy customer never holds up a batch and two
+//! batches can never deadlock. Then one statement reads what the rules need for the rest: the open records
+//! of the creates' keys and the records the closes name. The lifecycle core plans each request **in turn**
+//! against an in-memory model of those records, which each plan updates, so the batch ends exactly as if
+//! its requests had run one after the other in the order they were taken. One statement writes every row
+//! (records, history, the answers kept for idempotency keys; events add two), and every answer is sent
+//! only once the commit returns. Each request gets its own instant, a microsecond after the previous one
+//! and after anything the batch read was changed, so the history of a key keeps the order its steps ran.
 //!
 //! If anything fails before the commit, the transaction rolls back, leaving nothing, and each request runs
 //! again alone on the one-transaction-per-request path (see `write`), so one bad request answers for itself
@@ -19,7 +22,6 @@
 //! the batch answers that the backend is unavailable, exactly as a lone request would.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use lifecycle::{
@@ -69,7 +71,7 @@ struct Job {
 pub struct Batching {
     /// Most requests in one transaction; 1 runs each request in its own.
     pub max_batch: usize,
-    /// Most batch transactions running at once.
+    /// Most batch transactions running at once (at most half the pool's connections).
     pub concurrent: usize,
 }
 
@@ -79,11 +81,33 @@ impl Default for Batching {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Settings {
-    matching: Matching,
-    events: bool,
-    batching: Batching,
+/// What every write of a replica shares: the pool, the in-process stripes a lone write queues on, and the
+/// settings.
+pub(crate) struct Writer {
+    pub(crate) pool: PgPool,
+    pub(crate) stripes: Arc<Stripes>,
+    pub(crate) matching: Matching,
+    pub(crate) events: bool,
+    pub(crate) batching: Batching,
+}
+
+/// In-process locks, a stripe per hash of the matching key, taken before a lone write takes a connection:
+/// requests for one busy customer queue here instead of each holding a pooled connection while they wait
+/// for the database lock, so they cannot starve other customers (or readiness) of connections. Each in an
+/// `Arc`, so a [`store::KeyLock`] can own its stripe's guard.
+pub(crate) struct Stripes(Box<[Arc<tokio::sync::Mutex<()>>]>);
+
+impl Stripes {
+    pub(crate) fn new(n: usize) -> Self {
+        Self((0..n).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect())
+    }
+
+    pub(crate) fn of(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.0[(h.finish() as usize) % self.0.len()]
+    }
 }
 
 /// The queue of a replica's writes; the task that batches them ends when the queue is dropped.
@@ -92,10 +116,9 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn start(pool: PgPool, matching: Matching, events: bool, batching: Batching) -> Self {
+    pub(crate) fn start(writer: Arc<Writer>) -> Self {
         let (queue, jobs) = mpsc::channel(4096);
-        let settings = Settings { matching, events, batching };
-        tokio::spawn(dispatch(jobs, pool, settings));
+        tokio::spawn(dispatch(jobs, writer));
         Self { queue }
     }
 
@@ -110,21 +133,21 @@ impl Batcher {
     }
 }
 
-async fn dispatch(mut queue: mpsc::Receiver<Job>, pool: PgPool, settings: Settings) {
-    let slots = Arc::new(Semaphore::new(settings.batching.concurrent.max(1)));
+async fn dispatch(mut queue: mpsc::Receiver<Job>, writer: Arc<Writer>) {
+    let slots = Arc::new(Semaphore::new(writer.batching.concurrent.max(1)));
     while let Some(first) = queue.recv().await {
         // While every slot is busy, the writes that arrive wait in the queue and join the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut jobs = vec![first];
-        while jobs.len() < settings.batching.max_batch.max(1) {
+        while jobs.len() < writer.batching.max_batch.max(1) {
             match queue.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
-            run(&pool, settings, jobs).await;
+            run(&writer, jobs).await;
             drop(slot);
         });
     }
@@ -144,18 +167,17 @@ impl From<sqlx::Error> for Stop {
     }
 }
 
-async fn run(pool: &PgPool, settings: Settings, jobs: Vec<Job>) {
-    if settings.batching.max_batch <= 1 {
-        for job in jobs {
-            let done = alone(pool, settings, &job.op, &job.ctx).await;
-            let _ = job.reply.send(done);
-        }
-        return;
-    }
-    match together(pool, settings, &jobs).await {
+async fn run(writer: &Arc<Writer>, jobs: Vec<Job>) {
+    match together(writer, &jobs).await {
         Ok(answers) => {
             for (job, done) in jobs.into_iter().zip(answers) {
-                let _ = job.reply.send(done);
+                match done {
+                    Some(done) => {
+                        let _ = job.reply.send(done);
+                    }
+                    // Its key was busy: it waits for it alone.
+                    None => lone(writer, job),
+                }
             }
         }
         Err(Stop::Commit(e)) => {
@@ -168,28 +190,40 @@ async fn run(pool: &PgPool, settings: Settings, jobs: Vec<Job>) {
         Err(Stop::Before(e)) => {
             tracing::debug!(error = %e, requests = jobs.len(), "postgres: a batch failed, running its requests alone");
             for job in jobs {
-                let done = alone(pool, settings, &job.op, &job.ctx).await;
-                let _ = job.reply.send(done);
+                lone(writer, job);
             }
         }
     }
 }
 
-/// Runs one write in its own transaction (see `write`).
-async fn alone(pool: &PgPool, s: Settings, op: &Op, ctx: &RequestContext) -> Result<Done, StoreError> {
+/// Runs `job` alone, in a task of its own, and answers it.
+fn lone(writer: &Arc<Writer>, job: Job) {
+    let writer = writer.clone();
+    tokio::spawn(async move {
+        let done = alone(&writer, &job.op, &job.ctx).await;
+        let _ = job.reply.send(done);
+    });
+}
+
+/// Runs one write in its own transaction (see `write`), queued on its key's stripe.
+pub(crate) async fn alone(w: &Writer, op: &Op, ctx: &RequestContext) -> Result<Done, StoreError> {
+    let pool = &w.pool;
     match op {
         Op::Create(request) => {
-            write::retrying(|| write::create(pool, request, ctx, s.matching, s.events)).await.map(Done::Create)
+            let _queued = w.stripes.of(request.match_key(w.matching).expose()).lock().await;
+            write::retrying(|| write::create(pool, request, ctx, w.matching, w.events)).await.map(Done::Create)
         }
         Op::CloseWon { record_type, id, convert } => {
             let key = write::retrying(|| write::key_of(pool, *record_type, id)).await?;
-            write::retrying(|| write::close_won(pool, &key, *record_type, id, *convert, ctx, s.events))
+            let _queued = w.stripes.of(&key).lock().await;
+            write::retrying(|| write::close_won(pool, &key, *record_type, id, *convert, ctx, w.events))
                 .await
                 .map(Done::CloseWon)
         }
         Op::CloseLost { record_type, id } => {
             let key = write::retrying(|| write::key_of(pool, *record_type, id)).await?;
-            write::retrying(|| write::close_lost(pool, &key, *record_type, id, ctx, s.events))
+            let _queued = w.stripes.of(&key).lock().await;
+            write::retrying(|| write::close_lost(pool, &key, *record_type, id, ctx, w.events))
                 .await
                 .map(Done::CloseLost)
         }
@@ -332,7 +366,9 @@ impl<'a> Rows<'a> {
 /// The owner's-change reason, shared by every replaced record's history row.
 static OWNER_CHANGED: std::sync::LazyLock<Reason> = std::sync::LazyLock::new(Reason::owner_changed);
 
-async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result<Done, StoreError>>, Stop> {
+/// Runs `jobs` in one transaction and answers each, or `None` for one whose key was busy.
+async fn together(w: &Writer, jobs: &[Job]) -> Result<Vec<Option<Result<Done, StoreError>>>, Stop> {
+    let pool = &w.pool;
     let mut answers: Vec<Option<Result<Done, StoreError>>> = jobs.iter().map(|_| None).collect();
     // The keys of the records the closes name (a record's key never changes, so this needs no lock).
     let named: Vec<&str> = jobs
@@ -354,7 +390,7 @@ async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result
     let mut keys: Vec<Option<String>> = Vec::with_capacity(jobs.len());
     for (job, answer) in jobs.iter().zip(answers.iter_mut()) {
         let key = match &job.op {
-            Op::Create(request) => Some(request.match_key(s.matching).expose().to_owned()),
+            Op::Create(request) => Some(request.match_key(w.matching).expose().to_owned()),
             Op::CloseWon { record_type, id, .. } | Op::CloseLost { record_type, id } => match key_of.get(id) {
                 Some((t, k)) if t == record_type.as_str() => Some(k.clone()),
                 _ => None,
@@ -367,16 +403,31 @@ async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result
     }
     let mut locks: Vec<i64> = keys.iter().flatten().map(|k| key_lock_id(k)).collect();
     if locks.is_empty() {
-        return Ok(answers.into_iter().map(|a| a.unwrap_or(Err(StoreError::NotFound))).collect());
+        return Ok(answers);
     }
     locks.sort_unstable();
     locks.dedup();
-    // Generic plans, as in `write::begin_locked`; the locks in ascending order.
-    let mut begin = String::from("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan;");
-    for lock in &locks {
-        let _ = write!(begin, " SELECT pg_advisory_xact_lock({lock});");
+    // Generic plans, as in `write::begin_locked`. The keys' locks are tried, not waited for: a batch never
+    // waits for a key that another transaction holds (a replica's, or a batch's of this one), so it never
+    // holds up the rest of its requests, nor can two batches deadlock. A request whose key is busy leaves
+    // the batch and waits for it alone, queued on its stripe.
+    let mut tx = pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await?;
+    let locked: Vec<i64> =
+        sqlx::query_scalar("SELECT l.id FROM unnest($1::int8[]) AS l (id) WHERE pg_try_advisory_xact_lock(l.id)")
+            .bind(&locks)
+            .fetch_all(&mut *tx)
+            .await?;
+    if locked.len() < locks.len() {
+        for key in keys.iter_mut() {
+            if key.as_deref().is_some_and(|k| !locked.contains(&key_lock_id(k))) {
+                *key = None;
+            }
+        }
+        if locked.is_empty() {
+            tx.rollback().await?;
+            return Ok(answers);
+        }
     }
-    let mut tx = pool.begin_with(begin).await?;
 
     // What the plans need, read under the locks, with the time.
     let mut create_keys: Vec<&str> = jobs
@@ -452,13 +503,13 @@ async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result
         let at = start + Duration::microseconds(n as i64);
         let done = match &job.op {
             Op::Create(request) => {
-                plan_one_create(&mut model, &mut out, s, request, &job.ctx, key, at).map(Done::Create)
+                plan_one_create(&mut model, &mut out, w.events, request, &job.ctx, key, at).map(Done::Create)
             }
             Op::CloseWon { id, convert, .. } => {
-                plan_one_close_won(&mut model, &mut out, s, id, *convert, &job.ctx, at).map(Done::CloseWon)
+                plan_one_close_won(&mut model, &mut out, w.events, id, *convert, &job.ctx, at).map(Done::CloseWon)
             }
             Op::CloseLost { id, .. } => {
-                plan_one_close_lost(&mut model, &mut out, s, id, &job.ctx, at).map(Done::CloseLost)
+                plan_one_close_lost(&mut model, &mut out, w.events, id, &job.ctx, at).map(Done::CloseLost)
             }
         };
         if let Ok(done) = &done {
@@ -478,18 +529,18 @@ async fn together(pool: &PgPool, s: Settings, jobs: &[Job]) -> Result<Vec<Result
         tx.rollback().await?;
     } else {
         write_rows(&mut tx, &out).await?;
-        if s.events && !out.events.is_empty() {
+        if w.events && !out.events.is_empty() {
             crate::outbox::write_batch(&mut tx, &out.events).await?;
         }
         tx.commit().await.map_err(Stop::Commit)?;
     }
-    Ok(answers.into_iter().map(|a| a.unwrap_or(Err(StoreError::NotFound))).collect())
+    Ok(answers)
 }
 
 fn plan_one_create<'a>(
     model: &mut Model,
     out: &mut Rows<'a>,
-    s: Settings,
+    events: bool,
     request: &'a CreateRequest,
     ctx: &'a RequestContext,
     key: &str,
@@ -556,7 +607,7 @@ fn plan_one_create<'a>(
         owner_id: request.owner_id.clone(),
         closed_record_ids: close,
     };
-    if s.events {
+    if events {
         let changes = events::on_create(request, ctx, &snapshot, &outcome);
         out.events.push((key.to_owned(), changes, ctx, at));
     }
@@ -566,7 +617,7 @@ fn plan_one_create<'a>(
 fn plan_one_close_won<'a>(
     model: &mut Model,
     out: &mut Rows<'a>,
-    s: Settings,
+    events: bool,
     id: &str,
     convert: bool,
     ctx: &'a RequestContext,
@@ -610,7 +661,7 @@ fn plan_one_close_won<'a>(
                 after.converted_opportunity_id = opportunity;
             }
             let outcome = CloseWonOutcome::won(&after);
-            if s.events {
+            if events {
                 let changes = events::on_close_won(&before, &owner, &product, ctx, &outcome);
                 out.events.push((key, changes, ctx, at));
             }
@@ -622,7 +673,7 @@ fn plan_one_close_won<'a>(
 fn plan_one_close_lost<'a>(
     model: &mut Model,
     out: &mut Rows<'a>,
-    s: Settings,
+    events: bool,
     id: &str,
     ctx: &'a RequestContext,
     at: OffsetDateTime,
@@ -637,7 +688,7 @@ fn plan_one_close_lost<'a>(
             out.change(id, before.status, Status::CloseLost, at, None);
             out.history(id, Some(before.status), Status::CloseLost, at, ctx, ctx.reason.as_ref());
             model.close(id, Status::CloseLost, None);
-            if s.events {
+            if events {
                 let changes = events::on_close_lost(&before, &owner, &product, ctx);
                 out.events.push((key, changes, ctx, at));
             }
@@ -646,31 +697,26 @@ fn plan_one_close_lost<'a>(
     }
 }
 
-/// Writes the batch's rows: a statement per table, each checked for the rows it should have written.
+/// Writes the batch's rows in one statement, a data-modifying clause per table, and checks what each wrote.
+///
+/// The clauses of one statement run in no set order, so the records' changes are made to come first: the
+/// new records' insert reads how many changed (and inserts nothing unless all did), so the partial unique
+/// index never sees a key's new open record beside the one it replaces. The history's foreign keys are
+/// checked at the end of the statement, when the new records exist.
 async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), Stop> {
-    if !out.changed_id.is_empty() {
-        // Each change lands only on the status it was planned from, which the locks guarantee.
-        let changed = sqlx::query(
-            "UPDATE records AS r SET status = c.status, updated_at = c.at,
+    let (changed, made, written): (i64, i64, i64) = sqlx::query_as(
+        "WITH changed AS (
+             -- Each change lands only on the status it was planned from, which the locks guarantee.
+             UPDATE records AS r SET status = c.status, updated_at = c.at,
                  converted_opportunity_id = coalesce(c.converted, r.converted_opportunity_id)
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
                  AS c (id, from_status, status, at, converted)
-             WHERE r.id = c.id AND r.status = c.from_status",
-        )
-        .bind(&out.changed_id)
-        .bind(&out.changed_from)
-        .bind(&out.changed_to)
-        .bind(&out.changed_at)
-        .bind(&out.changed_converted)
-        .execute(&mut *tx)
-        .await?;
-        expect(changed.rows_affected(), out.changed_id.len(), "a record changed under its key's lock")?;
-    }
-    if !out.made_id.is_empty() {
-        // New records in the order they were made ("newest first" reads their `seq`); a converted
-        // opportunity copies its lead's customer, key and owner.
-        let made = sqlx::query(
-            "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
+             WHERE r.id = c.id AND r.status = c.from_status
+             RETURNING r.id
+         ), made AS (
+             -- In the order they were made (newest first reads `seq`); a converted opportunity copies
+             -- its lead's customer, key and owner.
+             INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
                  full_name, phone, email, product, channel, journey_id, converted_from_lead_id, created_at,
                  updated_at)
              SELECT m.id, m.record_type, m.status, coalesce(m.match_key, l.match_key),
@@ -681,77 +727,78 @@ async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), S
                  CASE WHEN m.lead IS NULL THEN m.email ELSE l.email END,
                  coalesce(m.product, l.product), coalesce(m.channel, l.channel),
                  CASE WHEN m.lead IS NULL THEN m.journey_id ELSE l.journey_id END, m.lead, m.at, m.at
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                     $15::text[], $16::timestamptz[]) WITH ORDINALITY
+             FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                     $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+                     $20::text[], $21::timestamptz[]) WITH ORDINALITY
                  AS m (id, lead, record_type, status, match_key, owner_id, customer_type, id_number, cif,
                      full_name, phone, email, product, channel, journey_id, at, n)
              LEFT JOIN records AS l ON l.id = m.lead
-             ORDER BY m.n",
-        )
-        .bind(&out.made_id)
-        .bind(&out.made_lead)
-        .bind(&out.made_type)
-        .bind(&out.made_status)
-        .bind(&out.made_key)
-        .bind(&out.made_owner)
-        .bind(&out.made_customer_type)
-        .bind(&out.made_id_number)
-        .bind(&out.made_cif)
-        .bind(&out.made_name)
-        .bind(&out.made_phone)
-        .bind(&out.made_email)
-        .bind(&out.made_product)
-        .bind(&out.made_channel)
-        .bind(&out.made_journey)
-        .bind(&out.made_at)
-        .execute(&mut *tx)
-        .await?;
-        expect(made.rows_affected(), out.made_id.len(), "a new record was not written")?;
-    }
-    if !out.history_record.is_empty() {
-        let written = sqlx::query(
-            "INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
+             WHERE (SELECT count(*) FROM changed) = cardinality($1::text[])
+             ORDER BY m.n
+             RETURNING id
+         ), written AS (
+             INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
              SELECT record_id, from_status, to_status, at, request_id, channel, reason
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
-                 WITH ORDINALITY AS h (record_id, from_status, to_status, at, request_id, channel, reason, n)
-             ORDER BY h.n",
-        )
-        .bind(&out.history_record)
-        .bind(&out.history_from)
-        .bind(&out.history_to)
-        .bind(&out.history_at)
-        .bind(&out.history_request)
-        .bind(&out.history_channel)
-        .bind(&out.history_reason)
-        .execute(&mut *tx)
-        .await?;
-        expect(written.rows_affected(), out.history_record.len(), "a history row was not written")?;
-    }
-    if !out.answer_key.is_empty() {
-        // As `idempotency::complete_with`, for each request holding a key.
-        sqlx::query(
-            "UPDATE idempotency_keys AS k
+             FROM unnest($22::text[], $23::text[], $24::text[], $25::timestamptz[], $26::text[], $27::text[],
+                     $28::text[]) WITH ORDINALITY
+                 AS h (record_id, from_status, to_status, at, request_id, channel, reason, n)
+             ORDER BY h.n
+             RETURNING 1
+         ), answered AS (
+             -- As `idempotency::complete_with`, for each request holding a key.
+             UPDATE idempotency_keys AS k
              SET state = 'done', locked_until = NULL, status = a.status, content_type = a.content_type,
                  location = a.location, body = a.body
-             FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::bytea[])
+             FROM unnest($29::text[], $30::text[], $31::int4[], $32::text[], $33::text[], $34::bytea[])
                  AS a (key, holder, status, content_type, location, body)
-             WHERE k.key = a.key AND k.holder = a.holder AND k.state = 'running'",
-        )
-        .bind(&out.answer_key)
-        .bind(&out.answer_holder)
-        .bind(&out.answer_status)
-        .bind(&out.answer_content_type)
-        .bind(&out.answer_location)
-        .bind(&out.answer_body)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+             WHERE k.key = a.key AND k.holder = a.holder AND k.state = 'running'
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM made), (SELECT count(*) FROM written)",
+    )
+    .bind(&out.changed_id)
+    .bind(&out.changed_from)
+    .bind(&out.changed_to)
+    .bind(&out.changed_at)
+    .bind(&out.changed_converted)
+    .bind(&out.made_id)
+    .bind(&out.made_lead)
+    .bind(&out.made_type)
+    .bind(&out.made_status)
+    .bind(&out.made_key)
+    .bind(&out.made_owner)
+    .bind(&out.made_customer_type)
+    .bind(&out.made_id_number)
+    .bind(&out.made_cif)
+    .bind(&out.made_name)
+    .bind(&out.made_phone)
+    .bind(&out.made_email)
+    .bind(&out.made_product)
+    .bind(&out.made_channel)
+    .bind(&out.made_journey)
+    .bind(&out.made_at)
+    .bind(&out.history_record)
+    .bind(&out.history_from)
+    .bind(&out.history_to)
+    .bind(&out.history_at)
+    .bind(&out.history_request)
+    .bind(&out.history_channel)
+    .bind(&out.history_reason)
+    .bind(&out.answer_key)
+    .bind(&out.answer_holder)
+    .bind(&out.answer_status)
+    .bind(&out.answer_content_type)
+    .bind(&out.answer_location)
+    .bind(&out.answer_body)
+    .fetch_one(&mut *tx)
+    .await?;
+    expect(changed, out.changed_id.len(), "a record changed under its key's lock")?;
+    expect(made, out.made_id.len(), "a new record was not written")?;
+    expect(written, out.history_record.len(), "a history row was not written")
 }
 
-fn expect(rows: u64, wanted: usize, what: &str) -> Result<(), Stop> {
-    if rows == wanted as u64 {
+fn expect(rows: i64, wanted: usize, what: &str) -> Result<(), Stop> {
+    if usize::try_from(rows) == Ok(wanted) {
         Ok(())
     } else {
         Err(Stop::Before(StoreError::internal(format!("{what}: {rows} rows of {wanted}"))))

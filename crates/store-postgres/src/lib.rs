@@ -11,6 +11,11 @@
 //! guard; a violation (possible only with writers outside the service, or two keys sharing a hash
 //! bucket — which merely serializes them) rolls back and the whole step is retried.
 //!
+//! **Concurrent writes share transactions** (see `batch`): the writes waiting in a replica are taken together
+//! and run as one transaction of a few set-based statements, planned request by request by the lifecycle
+//! core; a request whose key is busy, and every request when `postgres_max_batch` is 1, runs alone as
+//! described above.
+//!
 //! **An operation keeps its own idempotent answer**: when the request holds an `Idempotency-Key`, the write's
 //! transaction also completes it (see `write`). The same database can hold what a CRM backend keeps beside
 //! the CRM (see `sidecar`).
@@ -139,14 +144,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
-    matching: Matching,
-    /// Whether the writes keep their events in the outbox.
-    events: bool,
-    /// In-process locks, a stripe per hash of the matching key, taken before a connection is: requests
-    /// for one busy customer queue here instead of each holding a pooled connection while they wait for
-    /// the database lock, so they cannot starve other customers (or readiness) of connections.
-    /// Each in an `Arc`, so a [`store::KeyLock`] can own its stripe's guard.
-    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// What the writes share, and the stripes (see `batch::Stripes`).
+    writer: Arc<batch::Writer>,
     /// The queue that batches writes; `None` when each runs in its own transaction.
     batcher: Option<batch::Batcher>,
 }
@@ -207,17 +206,33 @@ impl PgStore {
         if stored != config.matching.as_str() {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
-        let stripes = (0..STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
-        let batcher = (config.batching.max_batch > 1)
-            .then(|| batch::Batcher::start(pool.clone(), config.matching, config.events, config.batching));
-        Ok(Self { pool, matching: config.matching, stripes, events: config.events, batcher })
+        // Each batch holds a connection while it runs: at most half the pool, so that reads, idempotency
+        // claims and readiness always find one.
+        let batching = Batching {
+            concurrent: config.batching.concurrent.clamp(1, (config.max_connections as usize / 2).max(1)),
+            ..config.batching
+        };
+        let writer = Arc::new(batch::Writer {
+            pool: pool.clone(),
+            stripes: Arc::new(batch::Stripes::new(STRIPES)),
+            matching: config.matching,
+            events: config.events,
+            batching,
+        });
+        let batcher = (batching.max_batch > 1).then(|| batch::Batcher::start(writer.clone()));
+        Ok(Self { pool, writer, batcher })
     }
 
     fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % self.stripes.len()]
+        self.writer.stripes.of(key)
+    }
+
+    /// Runs `op`: queued for a batch, or alone.
+    async fn write(&self, op: batch::Op, ctx: &RequestContext) -> Result<batch::Done, StoreError> {
+        match &self.batcher {
+            Some(batcher) => batcher.submit(op, ctx.clone()).await,
+            None => batch::alone(&self.writer, &op, ctx).await,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -284,14 +299,10 @@ impl store::Reports for PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, request: &CreateRequest, ctx: &RequestContext) -> Result<CreateOutcome, StoreError> {
-        if let Some(batcher) = &self.batcher {
-            return match batcher.submit(batch::Op::Create(Box::new(request.clone())), ctx.clone()).await? {
-                batch::Done::Create(outcome) => Ok(outcome),
-                _ => Err(StoreError::internal("a create answered as another operation")),
-            };
+        match self.write(batch::Op::Create(Box::new(request.clone())), ctx).await? {
+            batch::Done::Create(outcome) => Ok(outcome),
+            _ => Err(StoreError::internal("a create answered as another operation")),
         }
-        let _queued = self.stripe(request.match_key(self.matching).expose()).lock().await;
-        write::retrying(|| write::create(&self.pool, request, ctx, self.matching, self.events)).await
     }
 
     async fn close_won(
@@ -301,16 +312,10 @@ impl Store for PgStore {
         convert: bool,
         ctx: &RequestContext,
     ) -> Result<CloseWonOutcome, StoreError> {
-        if let Some(batcher) = &self.batcher {
-            let op = batch::Op::CloseWon { record_type, id: id.to_owned(), convert };
-            return match batcher.submit(op, ctx.clone()).await? {
-                batch::Done::CloseWon(outcome) => Ok(outcome),
-                _ => Err(StoreError::internal("a close-won answered as another operation")),
-            };
+        match self.write(batch::Op::CloseWon { record_type, id: id.to_owned(), convert }, ctx).await? {
+            batch::Done::CloseWon(outcome) => Ok(outcome),
+            _ => Err(StoreError::internal("a close-won answered as another operation")),
         }
-        let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
-        let _queued = self.stripe(&key).lock().await;
-        write::retrying(|| write::close_won(&self.pool, &key, record_type, id, convert, ctx, self.events)).await
     }
 
     async fn close_lost(
@@ -319,16 +324,10 @@ impl Store for PgStore {
         id: &str,
         ctx: &RequestContext,
     ) -> Result<RecordRef, StoreError> {
-        if let Some(batcher) = &self.batcher {
-            let op = batch::Op::CloseLost { record_type, id: id.to_owned() };
-            return match batcher.submit(op, ctx.clone()).await? {
-                batch::Done::CloseLost(outcome) => Ok(outcome),
-                _ => Err(StoreError::internal("a close-lost answered as another operation")),
-            };
+        match self.write(batch::Op::CloseLost { record_type, id: id.to_owned() }, ctx).await? {
+            batch::Done::CloseLost(outcome) => Ok(outcome),
+            _ => Err(StoreError::internal("a close-lost answered as another operation")),
         }
-        let key = write::retrying(|| write::key_of(&self.pool, record_type, id)).await?;
-        let _queued = self.stripe(&key).lock().await;
-        write::retrying(|| write::close_lost(&self.pool, &key, record_type, id, ctx, self.events)).await
     }
 
     async fn get(&self, record_type: RecordType, id: &str) -> Result<Option<RecordWithHistory>, StoreError> {

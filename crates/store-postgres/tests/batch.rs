@@ -17,6 +17,7 @@ const REFUSED: &str = "079999999999";
 async fn a_refused_request_does_not_sink_its_batch() {
     let db = ScratchDb::create("crm_batch").await;
     let mut config = PgConfig::new(&db.url);
+    config.max_connections = 2;
     config.batching = Batching { max_batch: 64, concurrent: 1 };
     let store = Arc::new(PgStore::open(config).await.unwrap());
     // The database refuses every record of one customer, as a rule a DBA added might.
@@ -34,15 +35,9 @@ async fn a_refused_request_does_not_sink_its_batch() {
     .await
     .unwrap();
 
-    // The one batch slot is held up: its batch waits for a key's lock, held here, while the next requests
-    // queue behind it and form one batch.
-    let first = request(CustomerType::Ntb, "079000000000", "CREDIT_CARD", "RM001");
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(key_lock_id(first.match_key(Matching::default()).expose()))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    // The one batch slot is held up: its batch waits for a connection, both of which are held here, while
+    // the next requests queue behind it and form one batch.
+    let held = (store.pool().acquire().await.unwrap(), store.pool().acquire().await.unwrap());
     let spawn = |id_number: &str| {
         let (store, req) = (store.clone(), request(CustomerType::Ntb, id_number, "CREDIT_CARD", "RM001"));
         tokio::spawn(async move { store.create(&req, &ctx("r")).await })
@@ -53,7 +48,7 @@ async fn a_refused_request_does_not_sink_its_batch() {
     let mut queued: Vec<_> = good.iter().map(|n| spawn(n)).collect();
     queued.insert(4, spawn(REFUSED));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    drop(held);
 
     assert_eq!(waiting.await.unwrap().unwrap().result, CreateResult::Created);
     let refused = queued.remove(4).await.unwrap();
@@ -67,4 +62,41 @@ async fn a_refused_request_does_not_sink_its_batch() {
     }
     let found = store.search(&IdNumber::parse(REFUSED).unwrap(), None).await.unwrap();
     assert!(found.leads.is_empty() && found.opportunities.is_empty());
+}
+
+/// A batch tries its keys' locks: a key another transaction holds leaves the batch and waits alone, and the
+/// rest of the batch does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_key_waits_alone() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    let busy = request(CustomerType::Ntb, "079100000000", "CREDIT_CARD", "RM001");
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key_lock_id(busy.match_key(Matching::default()).expose()))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let spawn = |id_number: String| {
+        let (store, req) = (store.clone(), request(CustomerType::Ntb, &id_number, "CREDIT_CARD", "RM002"));
+        tokio::spawn(async move { store.create(&req, &ctx("r")).await })
+    };
+    let waiting: Vec<_> = (0..3).map(|_| spawn("079100000000".into())).collect();
+    let others: Vec<_> = (1..=16).map(|n| spawn(format!("0791000001{n:02}"))).collect();
+    // Every other customer is answered while the busy key is still held (a batch waiting for it would
+    // never answer them, and the guard below would fail the test).
+    for answer in others {
+        let outcome = tokio::time::timeout(Duration::from_secs(20), answer).await.expect("answered").unwrap().unwrap();
+        assert_eq!(outcome.result, CreateResult::Created);
+    }
+    assert!(waiting.iter().all(|w| !w.is_finished()), "the busy key's requests waited for its lock");
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    let mut results = Vec::new();
+    for w in waiting {
+        results.push(w.await.unwrap().unwrap().result);
+    }
+    results.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(results, [CreateResult::Created, CreateResult::Existing, CreateResult::Existing]);
 }

@@ -215,6 +215,8 @@ fn a_bad_setting_stops_start_up_with_one_line() {
         (vec!["serve"], vec![("CRM_IDEMPOTENCY_TTL_SECS", "99999999")], "CRM_IDEMPOTENCY_TTL_SECS"),
         (vec!["serve"], vec![("CRM_MAX_IN_FLIGHT", "0")], "CRM_MAX_IN_FLIGHT"),
         (vec!["serve"], vec![("CRM_POSTGRES_ACQUIRE_TIMEOUT_MS", "0")], "CRM_POSTGRES_ACQUIRE_TIMEOUT_MS"),
+        (vec!["serve"], vec![("CRM_POSTGRES_MAX_BATCH", "0")], "CRM_POSTGRES_MAX_BATCH"),
+        (vec!["serve"], vec![("CRM_POSTGRES_BATCHES", "1001")], "CRM_POSTGRES_BATCHES"),
         (vec!["serve"], vec![("CRM_RATE_LIMIT_BURST", "5")], "rate_limit_burst"),
         (vec!["serve"], vec![("CRM_LOG_FILTER", "[[[")], "CRM_LOG_FILTER"),
         (
