@@ -135,7 +135,7 @@ impl Default for Settings {
             sqlite_max_batch: 256,
             postgres_max_connections: 16,
             postgres_max_batch: 64,
-            postgres_batches: 4,
+            postgres_batches: 2,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
@@ -234,7 +234,7 @@ pub struct Overrides {
     /// Most concurrent writes one PostgreSQL transaction carries; 1 gives each its own [default: 64]
     #[arg(long, env = "CRM_POSTGRES_MAX_BATCH", value_name = "N")]
     pub postgres_max_batch: Option<usize>,
-    /// Most PostgreSQL write transactions a replica runs at once [default: 4]
+    /// Most PostgreSQL write transactions a replica runs at once [default: 2]
     #[arg(long, env = "CRM_POSTGRES_BATCHES", value_name = "N")]
     pub postgres_batches: Option<usize>,
     /// Longest wait for a PostgreSQL connection before a 503, in milliseconds [default: 3000]

@@ -77,7 +77,7 @@ pub struct Batching {
 
 impl Default for Batching {
     fn default() -> Self {
-        Self { max_batch: 64, concurrent: 4 }
+        Self { max_batch: 64, concurrent: 2 }
     }
 }
 

@@ -28,6 +28,7 @@ mod alone {
     }
 
     store::contract_suite!(fresh);
+    store::reports_suite!(fresh);
 }
 
 async fn with_events(events: bool) -> (Arc<dyn Backend>, Arc<dyn store::events::Outbox>, ScratchDb) {
