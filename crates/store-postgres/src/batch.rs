@@ -157,13 +157,20 @@ async fn dispatch(mut queue: mpsc::Receiver<Job>, writer: Arc<Writer>) {
 enum Stop {
     /// Before the commit: nothing was written.
     Before(StoreError),
+    /// Before the commit, because the database is unreachable or overloaded: nothing was written, and
+    /// running each request again would only wait as long again for the same answer.
+    Down { retry_after: std::time::Duration, source: Box<dyn std::error::Error + Send + Sync> },
     /// At the commit: it may or may not have been written.
     Commit(sqlx::Error),
 }
 
 impl From<sqlx::Error> for Stop {
     fn from(e: sqlx::Error) -> Self {
-        Stop::Before(error(e))
+        let retry = crate::retryable(&e);
+        match error(e) {
+            StoreError::Unavailable { retry_after, source } if !retry => Stop::Down { retry_after, source },
+            e => Stop::Before(e),
+        }
     }
 }
 
@@ -185,6 +192,13 @@ async fn run(writer: &Arc<Writer>, jobs: Vec<Job>) {
             let message = e.to_string();
             for job in jobs {
                 let _ = job.reply.send(Err(StoreError::unavailable(message.clone())));
+            }
+        }
+        Err(Stop::Down { retry_after, source }) => {
+            let message = source.to_string();
+            for job in jobs {
+                let e = StoreError::Unavailable { retry_after, source: message.clone().into() };
+                let _ = job.reply.send(Err(e));
             }
         }
         Err(Stop::Before(e)) => {
