@@ -110,46 +110,67 @@ impl Stripes {
     }
 }
 
-/// The queue of a replica's writes; the task that batches them ends when the queue is dropped.
+/// A queue whose jobs are taken in batches: whenever one of `concurrent` slots is free, every job waiting
+/// (up to `max_batch`) goes to `run` together. The task that takes them ends when the queue is dropped.
+pub(crate) struct Queue<J> {
+    queue: mpsc::Sender<J>,
+}
+
+impl<J: Send + 'static> Queue<J> {
+    pub(crate) fn start<F, Fut>(batching: Batching, run: F) -> Self
+    where
+        F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (queue, mut jobs) = mpsc::channel::<J>(4096);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(batching.concurrent.max(1)));
+            while let Some(first) = jobs.recv().await {
+                // While every slot is busy, the jobs that arrive wait in the queue and join the next batch.
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < batching.max_batch.max(1) {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let done = run(batch);
+                tokio::spawn(async move {
+                    done.await;
+                    drop(slot);
+                });
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `job`; its answer comes through whatever channel it carries.
+    pub(crate) async fn push(&self, job: J) -> Result<(), StoreError> {
+        self.queue.send(job).await.map_err(|_| StoreError::unavailable("the PostgreSQL writer has stopped"))
+    }
+}
+
+/// The queue of a replica's writes.
 pub(crate) struct Batcher {
-    queue: mpsc::Sender<Job>,
+    queue: Queue<Job>,
 }
 
 impl Batcher {
     pub(crate) fn start(writer: Arc<Writer>) -> Self {
-        let (queue, jobs) = mpsc::channel(4096);
-        tokio::spawn(dispatch(jobs, writer));
+        let batching = writer.batching;
+        let queue = Queue::start(batching, move |jobs| {
+            let writer = writer.clone();
+            async move { run(&writer, jobs).await }
+        });
         Self { queue }
     }
 
     /// Queues `op` and waits for its answer.
     pub(crate) async fn submit(&self, op: Op, ctx: RequestContext) -> Result<Done, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job { op, ctx, reply })
-            .await
-            .map_err(|_| StoreError::unavailable("the PostgreSQL writer has stopped"))?;
+        self.queue.push(Job { op, ctx, reply }).await?;
         answer.await.map_err(|_| StoreError::internal("a PostgreSQL batch ended without answering"))?
-    }
-}
-
-async fn dispatch(mut queue: mpsc::Receiver<Job>, writer: Arc<Writer>) {
-    let slots = Arc::new(Semaphore::new(writer.batching.concurrent.max(1)));
-    while let Some(first) = queue.recv().await {
-        // While every slot is busy, the writes that arrive wait in the queue and join the next batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut jobs = vec![first];
-        while jobs.len() < writer.batching.max_batch.max(1) {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            run(&writer, jobs).await;
-            drop(slot);
-        });
     }
 }
 

@@ -40,6 +40,75 @@ async fn claim_fresh(
     insert_running(store.pool(), key, fingerprint, holder, lease, ttl, "DO NOTHING").await
 }
 
+/// A fresh claim waiting for its batch (see [`claim_fresh_together`]).
+pub(crate) struct FreshClaim {
+    key: String,
+    fingerprint: String,
+    holder: String,
+    lease: String,
+    ttl: String,
+    reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// The fresh claims of concurrent requests, in one statement and one commit: each answers whether its row
+/// was written, as [`claim_fresh`] does. The keys go in in their sort order, so two batches inserting the
+/// same keys wait for each other in one order and cannot deadlock. If the statement fails, each claim runs
+/// again alone.
+pub(crate) async fn claim_fresh_together(pool: &sqlx::PgPool, mut claims: Vec<FreshClaim>) {
+    // A key claimed twice in the batch: the first claim is the one tried; the others find the key taken,
+    // whoever holds them.
+    claims.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut repeats = Vec::new();
+    let mut i = 1;
+    while i < claims.len() {
+        if claims[i].key == claims[i - 1].key {
+            repeats.push(claims.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    for c in repeats {
+        let _ = c.reply.send(Ok(false));
+    }
+    let column = |f: fn(&FreshClaim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
+    let written: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, expires_at, holder)
+         SELECT c.key, c.fingerprint, 'running', now() + c.lease::interval, now() + c.ttl::interval, c.holder
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+             AS c (key, fingerprint, lease, ttl, holder, n)
+         ORDER BY c.n
+         ON CONFLICT (key) DO NOTHING
+         RETURNING key, holder",
+    )
+    .bind(column(|c| &c.key))
+    .bind(column(|c| &c.fingerprint))
+    .bind(column(|c| &c.lease))
+    .bind(column(|c| &c.ttl))
+    .bind(column(|c| &c.holder))
+    .fetch_all(pool)
+    .await;
+    match written {
+        Ok(written) => {
+            for c in claims {
+                let mine = written.iter().any(|(k, h)| *k == c.key && *h == c.holder);
+                let _ = c.reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, claims = claims.len(), "postgres: a batch of claims failed, claiming alone");
+            for c in claims {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let done = insert_running(&pool, &c.key, &c.fingerprint, &c.holder, &c.lease, &c.ttl, "DO NOTHING")
+                        .await
+                        .map_err(crate::error);
+                    let _ = c.reply.send(done);
+                });
+            }
+        }
+    }
+}
+
 /// Inserts `key` as a running claim (lease and expiry from the database's clock), `on_conflict` deciding
 /// what becomes of a key already there: `true` if a row was written.
 async fn insert_running<'e>(
@@ -171,7 +240,17 @@ impl Idempotency for PgStore {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let (lease, ttl) = (interval(lease), interval(ttl));
-        if claim_fresh(self, key, fingerprint, holder, &lease, &ttl).await.map_err(crate::error)? {
+        let fresh = match &self.claims {
+            Some(queue) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let (key, fingerprint, holder) = (key.to_owned(), fingerprint.to_owned(), holder.to_owned());
+                let (lease, ttl) = (lease.clone(), ttl.clone());
+                queue.push(FreshClaim { key, fingerprint, holder, lease, ttl, reply }).await?;
+                answer.await.map_err(|_| StoreError::internal("a batch of claims ended without answering"))??
+            }
+            None => claim_fresh(self, key, fingerprint, holder, &lease, &ttl).await.map_err(crate::error)?,
+        };
+        if fresh {
             return Ok(Claim::Proceed);
         }
         retrying(|| claim_once(self, key, fingerprint, holder, &lease, &ttl)).await

@@ -148,6 +148,8 @@ pub struct PgStore {
     writer: Arc<batch::Writer>,
     /// The queue that batches writes; `None` when each runs in its own transaction.
     batcher: Option<batch::Batcher>,
+    /// The queue that batches the claims of fresh idempotency keys, likewise.
+    claims: Option<batch::Queue<idempotency::FreshClaim>>,
 }
 
 const STRIPES: usize = 1024;
@@ -220,7 +222,14 @@ impl PgStore {
             batching,
         });
         let batcher = (batching.max_batch > 1).then(|| batch::Batcher::start(writer.clone()));
-        Ok(Self { pool, writer, batcher })
+        let claims = (batching.max_batch > 1).then(|| {
+            let pool = pool.clone();
+            batch::Queue::start(batching, move |claims| {
+                let pool = pool.clone();
+                async move { idempotency::claim_fresh_together(&pool, claims).await }
+            })
+        });
+        Ok(Self { pool, writer, batcher, claims })
     }
 
     fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {

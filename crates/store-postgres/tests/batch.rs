@@ -7,7 +7,7 @@ use std::time::Duration;
 use lifecycle::{CreateResult, CustomerType, IdNumber, Matching, RecordType};
 use sqlx::Connection;
 use store::contract::{ctx, request};
-use store::{Store, StoreError};
+use store::{Claim, Idempotency, Store, StoreError};
 use store_postgres::scratch::ScratchDb;
 use store_postgres::{key_lock_id, Batching, PgConfig, PgStore};
 
@@ -99,4 +99,42 @@ async fn a_busy_key_waits_alone() {
     }
     results.sort_by_key(|r| format!("{r:?}"));
     assert_eq!(results, [CreateResult::Created, CreateResult::Existing, CreateResult::Existing]);
+}
+
+/// Claims of one fresh key that arrive together share a batch, and only one of them proceeds, whoever
+/// holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_a_batch_of_claims_of_a_key_proceeds() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.max_connections = 2;
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    // Both connections are held: a first claim takes the one batch slot and waits for a connection, while
+    // the claims behind it queue up and go in together once it is done.
+    let held = (store.pool().acquire().await.unwrap(), store.pool().acquire().await.unwrap());
+    let hour = Duration::from_secs(3600);
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim("first", "fp", "h", hour, hour).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let claims: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim("together", "fp", "same-holder", hour, hour).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    assert!(matches!(first.await.unwrap().unwrap(), Claim::Proceed));
+    let mut proceed = 0;
+    for c in claims {
+        match c.await.unwrap().unwrap() {
+            Claim::Proceed => proceed += 1,
+            Claim::InUse => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(proceed, 1);
 }
