@@ -18,8 +18,11 @@
 //!
 //! If anything fails before the commit, the transaction rolls back, leaving nothing, and each request runs
 //! again alone on the one-transaction-per-request path (see `write`), so one bad request answers for itself
-//! and the rest are unaffected. If the commit itself fails, its outcome is unknown, and every request of
-//! the batch answers that the backend is unavailable, exactly as a lone request would.
+//! and the rest are unaffected; only when the database is unreachable or overloaded does every request
+//! answer so at once. If the commit itself fails, its outcome is unknown, and every request of the batch
+//! answers that the backend is unavailable, exactly as a lone request would.
+//!
+//! The same [`Queue`] batches the claims of fresh idempotency keys (see `idempotency`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
