@@ -92,6 +92,8 @@ pub(crate) struct Writer {
     pub(crate) matching: Matching,
     pub(crate) events: bool,
     pub(crate) batching: Batching,
+    /// How many batches failed before their commit and ran their requests alone.
+    pub(crate) fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// In-process locks, a stripe per hash of the matching key, taken before a lone write takes a connection:
@@ -226,6 +228,7 @@ async fn run(writer: &Arc<Writer>, jobs: Vec<Job>) {
             }
         }
         Err(Stop::Before(e)) => {
+            writer.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(error = %e, requests = jobs.len(), "postgres: a batch failed, running its requests alone");
             for job in jobs {
                 lone(writer, job);
@@ -350,6 +353,11 @@ struct Rows<'a> {
     made_channel: Vec<Option<&'a str>>,
     made_journey: Vec<Option<&'a str>>,
     made_at: Vec<OffsetDateTime>,
+    // A record made in this batch and closed later in it (a create replaced by the next one) is inserted
+    // in its final state: its status, time of change and conversion are kept here, by its index.
+    made_updated_at: Vec<OffsetDateTime>,
+    made_converted: Vec<Option<String>>,
+    made_index: HashMap<String, usize>,
     // History.
     history_record: Vec<String>,
     history_from: Vec<Option<&'static str>>,
@@ -388,7 +396,24 @@ impl<'a> Rows<'a> {
         self.history_reason.push(reason.map(Reason::as_str));
     }
 
+    /// Ends the row of the record just pushed onto the `made_` columns.
+    fn made(&mut self, id: &str, at: OffsetDateTime) {
+        self.made_at.push(at);
+        self.made_updated_at.push(at);
+        self.made_converted.push(None);
+        self.made_index.insert(id.to_owned(), self.made_id.len() - 1);
+    }
+
     fn change(&mut self, id: &str, from: Status, to: Status, at: OffsetDateTime, converted: Option<&str>) {
+        if let Some(&i) = self.made_index.get(id) {
+            // Not in the table yet: it goes in as it ends.
+            self.made_status[i] = to.as_str();
+            self.made_updated_at[i] = at;
+            if let Some(c) = converted {
+                self.made_converted[i] = Some(c.to_owned());
+            }
+            return;
+        }
         self.changed_id.push(id.to_owned());
         self.changed_from.push(from.as_str());
         self.changed_to.push(to.as_str());
@@ -623,7 +648,7 @@ fn plan_one_create<'a>(
     out.made_product.push(Some(request.product.as_str()));
     out.made_channel.push(Some(request.channel.as_str()));
     out.made_journey.push(request.journey_id.as_ref().map(|v| v.as_str()));
-    out.made_at.push(at);
+    out.made(&id, at);
     out.history(&id, None, open, at, ctx, ctx.reason.as_ref());
     model.records.insert(
         id.clone(),
@@ -690,7 +715,7 @@ fn plan_one_close_won<'a>(
                 }
                 out.made_key.push(None);
                 out.made_customer_type.push(None);
-                out.made_at.push(at);
+                out.made(opp, at);
                 out.history(opp, None, Status::CloseWon, at, ctx, ctx.reason.as_ref());
             }
             model.close(id, Status::CloseWon, opportunity.as_deref());
@@ -756,7 +781,7 @@ async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), S
              -- its lead's customer, key and owner.
              INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
                  full_name, phone, email, product, channel, journey_id, converted_from_lead_id, created_at,
-                 updated_at)
+                 updated_at, converted_opportunity_id)
              SELECT m.id, m.record_type, m.status, coalesce(m.match_key, l.match_key),
                  coalesce(m.owner_id, l.owner_id), coalesce(m.customer_type, l.customer_type),
                  coalesce(m.id_number, l.id_number), CASE WHEN m.lead IS NULL THEN m.cif ELSE l.cif END,
@@ -764,12 +789,13 @@ async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), S
                  CASE WHEN m.lead IS NULL THEN m.phone ELSE l.phone END,
                  CASE WHEN m.lead IS NULL THEN m.email ELSE l.email END,
                  coalesce(m.product, l.product), coalesce(m.channel, l.channel),
-                 CASE WHEN m.lead IS NULL THEN m.journey_id ELSE l.journey_id END, m.lead, m.at, m.at
+                 CASE WHEN m.lead IS NULL THEN m.journey_id ELSE l.journey_id END, m.lead, m.at, m.updated_at,
+                 m.converted
              FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                      $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
-                     $20::text[], $21::timestamptz[]) WITH ORDINALITY
+                     $20::text[], $21::timestamptz[], $35::timestamptz[], $36::text[]) WITH ORDINALITY
                  AS m (id, lead, record_type, status, match_key, owner_id, customer_type, id_number, cif,
-                     full_name, phone, email, product, channel, journey_id, at, n)
+                     full_name, phone, email, product, channel, journey_id, at, updated_at, converted, n)
              LEFT JOIN records AS l ON l.id = m.lead
              WHERE (SELECT count(*) FROM changed) = cardinality($1::text[])
              ORDER BY m.n
@@ -828,6 +854,8 @@ async fn write_rows(tx: &mut sqlx::PgConnection, out: &Rows<'_>) -> Result<(), S
     .bind(&out.answer_content_type)
     .bind(&out.answer_location)
     .bind(&out.answer_body)
+    .bind(&out.made_updated_at)
+    .bind(&out.made_converted)
     .fetch_one(&mut *tx)
     .await?;
     expect(changed, out.changed_id.len(), "a record changed under its key's lock")?;

@@ -220,6 +220,7 @@ impl PgStore {
             matching: config.matching,
             events: config.events,
             batching,
+            fallbacks: Default::default(),
         });
         let batcher = (batching.max_batch > 1).then(|| batch::Batcher::start(writer.clone()));
         let claims = (batching.max_batch > 1).then(|| {
@@ -234,6 +235,13 @@ impl PgStore {
 
     fn stripe(&self, key: &str) -> &Arc<tokio::sync::Mutex<()>> {
         self.writer.stripes.of(key)
+    }
+
+    /// How many batches of writes failed before their commit, so that their requests ran again alone.
+    /// Their answers are right either way; a count that grows means requests the database refuses, writers
+    /// outside the service, or a fault in the batch's planning (the tests hold it at zero).
+    pub fn batch_fallbacks(&self) -> u64 {
+        self.writer.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `op`: queued for a batch, or alone.

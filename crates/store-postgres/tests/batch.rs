@@ -62,6 +62,8 @@ async fn a_refused_request_does_not_sink_its_batch() {
     }
     let found = store.search(&IdNumber::parse(REFUSED).unwrap(), None).await.unwrap();
     assert!(found.leads.is_empty() && found.opportunities.is_empty());
+    // They were one batch, which fell back to running each request alone.
+    assert_eq!(store.batch_fallbacks(), 1);
 }
 
 /// A batch tries its keys' locks: a key another transaction holds leaves the batch and waits alone, and the

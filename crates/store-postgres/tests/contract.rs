@@ -6,10 +6,26 @@ use store::Backend;
 use store_postgres::scratch::ScratchDb;
 use store_postgres::{PgConfig, PgStore};
 
-async fn fresh() -> (Arc<dyn Backend>, ScratchDb) {
+async fn fresh() -> (Arc<dyn Backend>, Batched) {
     let db = ScratchDb::create("crm_contract").await;
-    let store = PgStore::open(PgConfig::new(&db.url)).await.unwrap();
-    (Arc::new(store), db)
+    let store = Arc::new(PgStore::open(PgConfig::new(&db.url)).await.unwrap());
+    (store.clone(), Batched { store, _db: db })
+}
+
+/// Fails a test that passed only because its batches fell back to running their requests alone (which
+/// gives the right answers whatever the batch's planning did): every case of the suite runs its writes
+/// through batches, and none of them should fail.
+struct Batched {
+    store: Arc<PgStore>,
+    _db: ScratchDb,
+}
+
+impl Drop for Batched {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(self.store.batch_fallbacks(), 0, "a batch fell back to running its requests alone");
+        }
+    }
 }
 
 store::contract_suite!(fresh);
