@@ -130,7 +130,12 @@ pub(crate) fn size_cache(conn: &Connection) -> rusqlite::Result<()> {
 /// Batches between two looks at the database's size for [`size_cache`].
 const RESIZE_EVERY: u32 = 1024;
 
-pub(crate) fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, settings: Settings, checkpointer: Checkpointer) {
+pub(crate) fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Job>,
+    settings: Settings,
+    checkpointer: Checkpointer,
+) {
     let mut batch: Vec<Box<dyn Work>> = Vec::with_capacity(settings.max_batch);
     let mut stopping = false;
     let mut batches = 0u32;
