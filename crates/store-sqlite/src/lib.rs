@@ -9,8 +9,6 @@
 //!   job in its own savepoint, and commits once: one fsync for the batch instead of one per request. A job
 //!   is answered only after the commit is durable (`synchronous=FULL`), and a failed commit fails every job
 //!   in the batch, so nothing acknowledged is lost.
-//! - **Checkpoints run beside the writer**, on a thread and connection of their own (`checkpoint`), so the
-//!   writer's time goes to commits; the writer checkpoints itself only when the WAL reaches its bound.
 //! - **Readers** use their own connections (WAL lets them run beside the writer) on the blocking pool.
 //! - **The database is the final guard**: a partial unique index refuses a second open record per key.
 //! - **A CRM backend's sidecar.** The same file can hold what a CRM backend keeps beside the CRM (audit
@@ -19,7 +17,6 @@
 //!   that runs the operation also completes the key with the rendered response, in the same savepoint, so a
 //!   crash between the two cannot exist and a retry can never run the operation again.
 
-mod checkpoint;
 mod idempotency;
 mod ops;
 mod outbox;
@@ -141,16 +138,12 @@ impl SqliteStore {
         // The writer runs more distinct statements (operations, outbox, idempotency keys, savepoints) than
         // rusqlite's default cache of 16 holds; past it they were parsed again and again.
         conn.set_prepared_statement_cache_capacity(64);
-        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WAL_BOUND)
-            .map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
-        let checkpointer = checkpoint::Checkpointer::start(connect(&config.path)?, config.path.clone())
-            .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
         let settings =
             writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1), events: config.events };
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer::run(conn, queue, settings, checkpointer))
+            .spawn(move || writer::run(conn, queue, settings))
             .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let readers = Arc::new(read::Readers::new(config.path.clone()));
         Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)), local_locks: Default::default() })

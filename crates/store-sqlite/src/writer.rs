@@ -8,7 +8,6 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::Checkpointer;
 use crate::read::error;
 
 pub(crate) struct Settings {
@@ -91,7 +90,7 @@ fn in_savepoint<T>(
     tx: &Transaction<'_>,
     f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    // Prepared once and kept: parsing these three statements for every job was a twentieth of the writer.
+    // Prepared once and kept: parsing these statements again for every job was a twentieth of the writer.
     let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(error);
     run("SAVEPOINT job")?;
     let result = f(tx);
@@ -130,12 +129,7 @@ pub(crate) fn size_cache(conn: &Connection) -> rusqlite::Result<()> {
 /// Batches between two looks at the database's size for [`size_cache`].
 const RESIZE_EVERY: u32 = 1024;
 
-pub(crate) fn run(
-    mut conn: Connection,
-    mut queue: mpsc::Receiver<Job>,
-    settings: Settings,
-    checkpointer: Checkpointer,
-) {
+pub(crate) fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, settings: Settings) {
     let mut batch: Vec<Box<dyn Work>> = Vec::with_capacity(settings.max_batch);
     let mut stopping = false;
     let mut batches = 0u32;
@@ -154,9 +148,7 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        if execute(&mut conn, batch.drain(..), &settings) {
-            checkpointer.committed();
-        }
+        execute(&mut conn, batch.drain(..), &settings);
         batches = batches.wrapping_add(1);
         if batches.is_multiple_of(RESIZE_EVERY) {
             if let Err(e) = size_cache(&conn) {
@@ -174,15 +166,14 @@ pub(crate) fn run(
     tracing::debug!("sqlite writer stopped");
 }
 
-/// Runs one batch in one transaction; `true` when it was committed.
-fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Box<dyn Work>>, settings: &Settings) -> bool {
+fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Box<dyn Work>>, settings: &Settings) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "sqlite: cannot begin a transaction");
             let why = format!("cannot begin a transaction: {e}");
             jobs.for_each(|job| job.fail(&why));
-            return false;
+            return;
         }
     };
     let mut done: Vec<Pending> = Vec::new();
@@ -198,18 +189,14 @@ fn execute(conn: &mut Connection, jobs: impl Iterator<Item = Box<dyn Work>>, set
     if tx.is_autocommit() {
         tracing::error!(jobs = done.len(), "sqlite: the transaction was rolled back under the batch");
         done.into_iter().for_each(|d| d.fail("the transaction was rolled back by SQLite"));
-        return false;
+        return;
     }
     match tx.commit() {
-        Ok(()) => {
-            done.into_iter().for_each(|d| d.send());
-            true
-        }
+        Ok(()) => done.into_iter().for_each(|d| d.send()),
         Err(e) => {
             tracing::error!(error = %e, jobs = done.len(), "sqlite: commit failed, the batch is rolled back");
             let why = format!("commit failed: {e}");
             done.into_iter().for_each(|d| d.fail(&why));
-            false
         }
     }
 }
