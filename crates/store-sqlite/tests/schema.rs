@@ -1,5 +1,6 @@
 //! What the SQLite adapter guarantees beyond the shared contract: the database itself refuses a second
-//! open record per key, migrations are idempotent, and the matching mode cannot change under a store.
+//! open record per key, migrations are idempotent, the matching mode cannot change under a store, and a
+//! request that fails half-way through its writes leaves nothing behind in the batch that commits.
 
 use lifecycle::Matching;
 use rusqlite::Connection;
@@ -230,5 +231,38 @@ async fn daily_counts_start_from_the_history_already_stored() {
     // One day only: the hand-over's.
     let first = Period::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-02 00:00 UTC));
     assert_eq!(store.rejections(&first).await.unwrap().rows, [rejection("OWNER_CHANGED", 1)]);
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_request_that_fails_after_writing_leaves_nothing_of_itself() {
+    use lifecycle::{CreateResult, CustomerType, IdNumber, RecordType, Status};
+    use store::contract::{ctx, request};
+    use store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let first = store.create(&request(CustomerType::Ntb, "REF1", "CARD", "RM001"), &ctx("r1")).await.unwrap();
+    // The database refuses the new record's first history row, after the owner change has closed the old
+    // record, written its history, and inserted the new record: the request fails half-way through.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_rm666 BEFORE INSERT ON history
+             WHEN NEW.from_status IS NULL AND (SELECT owner_id FROM records WHERE id = NEW.record_id) = 'RM666'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let refused = store.create(&request(CustomerType::Ntb, "REF1", "CARD", "RM666"), &ctx("r2")).await;
+    assert!(refused.is_err(), "the refused request failed: {refused:?}");
+
+    let old = store.get(RecordType::Lead, &first.id).await.unwrap().unwrap();
+    assert_eq!(old.record.status, Status::NewLead, "the close of the old record was undone");
+    assert_eq!(old.history.len(), 1, "and its history with it");
+    let found = store.search(&IdNumber::parse("REF1").unwrap(), None).await.unwrap();
+    assert_eq!(found.leads.len(), 1, "no record of the refused request remains");
+    let again = store.create(&request(CustomerType::Ntb, "REF1", "CARD", "RM001"), &ctx("r3")).await.unwrap();
+    assert_eq!((again.result, again.id), (CreateResult::Existing, first.id));
     store.shutdown();
 }
