@@ -229,6 +229,7 @@ async fn run(writer: &Arc<Writer>, jobs: Vec<Job>) {
         }
         Err(Stop::Before(e)) => {
             writer.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("crm_postgres_batch_fallbacks_total").increment(1);
             tracing::debug!(error = %e, requests = jobs.len(), "postgres: a batch failed, running its requests alone");
             for job in jobs {
                 lone(writer, job);

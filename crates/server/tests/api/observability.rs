@@ -80,3 +80,27 @@ async fn a_channel_over_its_rate_gets_429() {
     // Operations endpoints are not limited.
     assert_eq!(app.get("/health/live").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_batch_that_falls_back_is_counted() {
+    let app = spawn(Backend::Postgres).await;
+    let integration_service::config::StoreUrl::Postgres(url) = &app.settings.store else { unreachable!() };
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    // A rule a DBA might add: the database refuses every record of one owner, so the batch holding such a
+    // request fails before its commit and each of its requests runs again alone.
+    for sql in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON records FOR EACH ROW WHEN (NEW.owner_id = 'RM666')
+         EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let series = "crm_postgres_batch_fallbacks_total";
+    let before = value(&app.get("/metrics").await.text().await.unwrap(), series);
+    let (status, _) = app.create(&ntb("FB1", "CARD", "RM666")).await;
+    assert_ne!(status, 201, "the refused record was not created");
+    let after = value(&app.get("/metrics").await.text().await.unwrap(), series);
+    assert!(after >= before + 1.0, "{series}: {before} then {after}");
+    let (status, _) = app.create(&ntb("FB2", "CARD", "RM001")).await;
+    assert_eq!(status, 201, "other owners' records are still written");
+}
