@@ -10,8 +10,8 @@
 //! - every converted lead's opportunity exists, is `Close Won` and points back at the lead.
 //!
 //! Ten kills per store, on SQLite and on PostgreSQL. On SQLite the file itself is also checked after every kill
-//! (`PRAGMA integrity_check`), before the service opens it again: the writer and the background checkpointer
-//! write it at the same time, and a kill in the middle of either must leave it sound.
+//! (`PRAGMA integrity_check`), before the service opens it again: a kill in the middle of a commit or of a
+//! checkpoint must leave it sound.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Child;
