@@ -5,8 +5,9 @@
 //!   runs the lifecycle rules inside the transaction, so all writes are serialized and the per-key
 //!   atomicity of the port holds trivially (SQLite has a single writer anyway). `BEGIN IMMEDIATE` and a
 //!   busy timeout keep that true even if a second process opens the same file.
-//! - **Group commit.** The writer takes every job already queued (up to a bound) into one transaction, each
-//!   job in its own savepoint, and commits once: one fsync for the batch instead of one per request. A job
+//! - **Group commit.** The writer takes every job already queued (up to a bound) into one transaction and
+//!   commits once: one fsync for the batch instead of one per request. A job that fails after writing is
+//!   undone by running the batch again with a savepoint per job (the `writer` module). A job
 //!   is answered only after the commit is durable (`synchronous=FULL`), and a failed commit fails every job
 //!   in the batch, so nothing acknowledged is lost.
 //! - **Readers** use their own connections (WAL lets them run beside the writer) on the blocking pool.
@@ -14,7 +15,7 @@
 //! - **A CRM backend's sidecar.** The same file can hold what a CRM backend keeps beside the CRM (audit
 //!   history, idempotency keys, per-key lease locks): see the `sidecar` module.
 //! - **An operation keeps its own idempotent answer.** When the request holds an `Idempotency-Key`, the job
-//!   that runs the operation also completes the key with the rendered response, in the same savepoint, so a
+//!   that runs the operation also completes the key with the rendered response, in the same job, so a
 //!   crash between the two cannot exist and a retry can never run the operation again.
 
 mod idempotency;
@@ -27,6 +28,7 @@ mod sidecar;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -87,6 +89,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The in-process side of [`store::Sidecar::lock_key`].
     local_locks: sidecar::LocalLocks,
+    reruns: Arc<AtomicU64>,
 }
 
 fn connect(path: &Path) -> Result<Connection, OpenError> {
@@ -96,8 +99,8 @@ fn connect(path: &Path) -> Result<Connection, OpenError> {
     )
     .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it is acknowledged.
-    // temp_store MEMORY: the journal of the per-job savepoints (which only undoes a failed job inside its
-    // batch, and is never needed after a crash: the WAL is what makes commits durable) stays in memory;
+    // temp_store MEMORY: the statement and savepoint journals (which only undo a failed statement or job
+    // inside its batch, and are never needed after a crash: the WAL makes commits durable) stay in memory;
     // in a file it was a write system call per changed page, a seventh of the writer thread's time.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -139,14 +142,25 @@ impl SqliteStore {
         // rusqlite's default cache of 16 holds; past it they were parsed again and again.
         conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
-        let settings =
-            writer::Settings { matching: config.matching, max_batch: config.max_batch.max(1), events: config.events };
+        let reruns = Arc::new(AtomicU64::new(0));
+        let settings = writer::Settings {
+            matching: config.matching,
+            max_batch: config.max_batch.max(1),
+            events: config.events,
+            reruns: reruns.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer::run(conn, queue, settings))
             .map_err(|source| OpenError::Folder { path: config.path.clone(), source })?;
         let readers = Arc::new(read::Readers::new(config.path.clone()));
-        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)), local_locks: Default::default() })
+        Ok(Self { jobs, readers, writer: Mutex::new(Some(writer)), local_locks: Default::default(), reruns })
+    }
+
+    /// How many batches ran again job by job because one of their jobs failed after writing (the writer's
+    /// module doc). Also counted, for the whole process, as `crm_sqlite_batch_reruns_total`.
+    pub fn batch_reruns(&self) -> u64 {
+        self.reruns.load(Ordering::Relaxed)
     }
 
     /// Stops taking jobs, lets the writer finish (commit) what it holds, and waits for it.
@@ -174,7 +188,7 @@ impl SqliteStore {
     async fn submit<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>, &writer::Settings) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&rusqlite::Transaction<'_>, &writer::Settings) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.jobs

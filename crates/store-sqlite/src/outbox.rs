@@ -1,5 +1,5 @@
 //! The outbox of lifecycle events in the embedded store (see `store::events`): written by the operations
-//! in their own savepoint, read by the relay through [`Outbox`].
+//! in the same job as the change, read by the relay through [`Outbox`].
 //!
 //! SQLite is single-process by design, but a second process may open the same file (`BEGIN IMMEDIATE`
 //! keeps that safe), so the relay still takes the lease row before it publishes.

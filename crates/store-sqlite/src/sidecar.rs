@@ -86,12 +86,16 @@ fn looks_free(conn: &rusqlite::Connection, key: &str) -> Result<bool, StoreError
 fn release(jobs: mpsc::Sender<writer::Job>, key: String, holder: String, local: OwnedMutexGuard<()>) {
     // Nobody waits for the answer: delivering it drops the guard it carries.
     let (reply, _) = oneshot::channel();
+    let mut local = Some(local);
     let job = writer::job(
         move |tx, _| {
             tx.prepare_cached("DELETE FROM key_locks WHERE key = ?1 AND holder = ?2")
                 .and_then(|mut s| s.execute(params![key, holder]))
                 .map_err(error)?;
-            Ok(local)
+            // The guard goes with the first run's answer. If the batch runs again, the second answer has
+            // none and the guard is dropped then, before the commit: harmless, since the next waiter's own
+            // write queues behind this batch and so sees the delete.
+            Ok(local.take())
         },
         reply,
     );

@@ -256,6 +256,7 @@ async fn a_request_that_fails_after_writing_leaves_nothing_of_itself() {
         .unwrap();
     let refused = store.create(&request(CustomerType::Ntb, "REF1", "CARD", "RM666"), &ctx("r2")).await;
     assert!(refused.is_err(), "the refused request failed: {refused:?}");
+    assert_eq!(store.batch_reruns(), 1, "its batch ran again, job by job, to undo it");
 
     let old = store.get(RecordType::Lead, &first.id).await.unwrap().unwrap();
     assert_eq!(old.record.status, Status::NewLead, "the close of the old record was undone");

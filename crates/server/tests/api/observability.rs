@@ -82,6 +82,32 @@ async fn a_channel_over_its_rate_gets_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_batch_run_again_is_counted_and_keeps_nothing_of_the_failed_request() {
+    let app = spawn(Backend::Sqlite).await;
+    let integration_service::config::StoreUrl::Sqlite(path) = &app.settings.store else { unreachable!() };
+    // The database refuses the first history row of one owner's records, after the record itself is in:
+    // the request fails having written, so its batch runs again job by job.
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON history
+             WHEN NEW.from_status IS NULL AND (SELECT owner_id FROM records WHERE id = NEW.record_id) = 'RM666'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+    let series = "crm_sqlite_batch_reruns_total";
+    let before = value(&app.get("/metrics").await.text().await.unwrap(), series);
+    let (status, _) = app.create(&ntb("RR1", "CARD", "RM666")).await;
+    assert_ne!(status, 201, "the refused record was not created");
+    let after = value(&app.get("/metrics").await.text().await.unwrap(), series);
+    assert!(after >= before + 1.0, "{series}: {before} then {after}");
+    let found = app.search("RR1").await;
+    assert_eq!(found["leads"], serde_json::json!([]), "nothing of the refused request remains: {found}");
+    let (status, _) = app.create(&ntb("RR2", "CARD", "RM001")).await;
+    assert_eq!(status, 201, "other owners' records are still written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_batch_that_falls_back_is_counted() {
     let app = spawn(Backend::Postgres).await;
     let integration_service::config::StoreUrl::Postgres(url) = &app.settings.store else { unreachable!() };
