@@ -344,6 +344,61 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_whose_commit_fails_answers_every_job_unavailable_and_keeps_nothing() {
+        // A deferred foreign key is checked at the commit, which then fails for the whole batch.
+        let mut conn = table();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE child (parent TEXT REFERENCES t (name) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let settings = settings();
+        let (a, a_answer) = insert("a", false);
+        let (reply, orphan_answer) = oneshot::channel();
+        let Job::Write(orphan) = job(
+            |tx, _| {
+                tx.execute("INSERT INTO child (parent) VALUES ('nobody')", []).map(|n| n as i64).map_err(super::error)
+            },
+            reply,
+        ) else {
+            unreachable!()
+        };
+        execute(&mut conn, vec![a, orphan], &settings);
+
+        for answer in [a_answer, orphan_answer] {
+            let error = answer.blocking_recv().expect("answered, not dropped").unwrap_err();
+            assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+            assert!(format!("{error:?}").contains("commit failed"), "{error:?}");
+        }
+        assert_eq!(stored(&conn, "a"), None, "the batch was rolled back");
+        assert!(conn.is_autocommit());
+    }
+
+    #[test]
+    fn a_savepoint_that_cannot_be_released_fails_its_job() {
+        // The second job releases the writer's savepoint itself, so the writer's own RELEASE fails: the job
+        // is answered with that error rather than with its own result.
+        let mut conn = table();
+        let settings = settings();
+        let (poison, _) = insert("p", true);
+        let (reply, rogue_answer) = oneshot::channel();
+        let Job::Write(rogue) = job(
+            |tx, _| {
+                tx.execute_batch("RELEASE job").map_err(super::error)?;
+                Ok(7)
+            },
+            reply,
+        ) else {
+            unreachable!()
+        };
+        execute(&mut conn, vec![poison, rogue], &settings);
+
+        assert_eq!(settings.reruns.load(Ordering::Relaxed), 1);
+        let answer = rogue_answer.blocking_recv().unwrap();
+        assert!(answer.is_err(), "not its own result: {answer:?}");
+    }
+
+    #[test]
     fn a_job_whose_statement_fails_is_not_counted_as_a_write() {
         // The duplicate insert fails inside SQLite, which undoes that statement; nothing else of the job
         // was written, so the batch needs no second pass.
