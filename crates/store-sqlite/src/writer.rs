@@ -265,37 +265,33 @@ mod tests {
         conn
     }
 
+    /// A job running `f`, and the receiver of its answer.
+    fn work<F>(f: F) -> (Box<dyn Work>, Answer)
+    where
+        F: FnMut(&rusqlite::Transaction<'_>, &Settings) -> Result<i64, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let Job::Write(work) = job(f, reply) else { unreachable!("job() makes writes") };
+        (work, answer)
+    }
+
     /// A job inserting `name` and answering its row id; with `fail_after_write` it then fails.
     fn insert(name: &'static str, fail_after_write: bool) -> (Box<dyn Work>, Answer) {
-        let (reply, answer) = oneshot::channel();
-        let Job::Write(work) = job(
-            move |tx, _| {
-                tx.execute("INSERT INTO t (name, n) VALUES (?1, 1)", [name]).map_err(super::error)?;
-                if fail_after_write {
-                    return Err(StoreError::internal(format!("{name} fails after writing")));
-                }
-                Ok(tx.last_insert_rowid())
-            },
-            reply,
-        ) else {
-            unreachable!()
-        };
-        (work, answer)
+        work(move |tx, _| {
+            tx.execute("INSERT INTO t (name, n) VALUES (?1, 1)", [name]).map_err(super::error)?;
+            if fail_after_write {
+                return Err(StoreError::internal(format!("{name} fails after writing")));
+            }
+            Ok(tx.last_insert_rowid())
+        })
     }
 
     /// A job that reads and then fails without writing anything (like a refused transition).
     fn refuse() -> (Box<dyn Work>, Answer) {
-        let (reply, answer) = oneshot::channel();
-        let Job::Write(work) = job(
-            |tx, _| {
-                let n: i64 = tx.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).map_err(super::error)?;
-                Err(StoreError::internal(format!("refused after reading {n} rows")))
-            },
-            reply,
-        ) else {
-            unreachable!()
-        };
-        (work, answer)
+        work(|tx, _| {
+            let n: i64 = tx.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).map_err(super::error)?;
+            Err(StoreError::internal(format!("refused after reading {n} rows")))
+        })
     }
 
     fn stored(conn: &Connection, name: &str) -> Option<i64> {
@@ -352,15 +348,9 @@ mod tests {
         .unwrap();
         let settings = settings();
         let (a, a_answer) = insert("a", false);
-        let (reply, orphan_answer) = oneshot::channel();
-        let Job::Write(orphan) = job(
-            |tx, _| {
-                tx.execute("INSERT INTO child (parent) VALUES ('nobody')", []).map(|n| n as i64).map_err(super::error)
-            },
-            reply,
-        ) else {
-            unreachable!()
-        };
+        let (orphan, orphan_answer) = work(|tx, _| {
+            tx.execute("INSERT INTO child (parent) VALUES ('nobody')", []).map(|n| n as i64).map_err(super::error)
+        });
         execute(&mut conn, vec![a, orphan], &settings);
 
         for answer in [a_answer, orphan_answer] {
@@ -379,16 +369,10 @@ mod tests {
         let mut conn = table();
         let settings = settings();
         let (a, a_answer) = insert("a", false);
-        let (reply, ender_answer) = oneshot::channel();
-        let Job::Write(ender) = job(
-            |tx, _| {
-                tx.execute_batch("ROLLBACK").map_err(super::error)?;
-                Ok(0)
-            },
-            reply,
-        ) else {
-            unreachable!()
-        };
+        let (ender, ender_answer) = work(|tx, _| {
+            tx.execute_batch("ROLLBACK").map_err(super::error)?;
+            Ok(0)
+        });
         let (c, c_answer) = insert("c", false);
         execute(&mut conn, vec![a, ender, c], &settings);
 
@@ -406,16 +390,10 @@ mod tests {
         let mut conn = table();
         let settings = settings();
         let (poison, _) = insert("p", true);
-        let (reply, rogue_answer) = oneshot::channel();
-        let Job::Write(rogue) = job(
-            |tx, _| {
-                tx.execute_batch("RELEASE job").map_err(super::error)?;
-                Ok(7)
-            },
-            reply,
-        ) else {
-            unreachable!()
-        };
+        let (rogue, rogue_answer) = work(|tx, _| {
+            tx.execute_batch("RELEASE job").map_err(super::error)?;
+            Ok(7)
+        });
         execute(&mut conn, vec![poison, rogue], &settings);
 
         assert_eq!(settings.reruns.load(Ordering::Relaxed), 1);
