@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_report_indexes", include_str!("../migrations/0006_report_indexes.sql")),
     ("0007_id_number_case", include_str!("../migrations/0007_id_number_case.sql")),
     ("0008_report_rollups", include_str!("../migrations/0008_report_rollups.sql")),
+    ("0009_drop_key_creation_index", include_str!("../migrations/0009_drop_key_creation_index.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<usize, OpenError> {
