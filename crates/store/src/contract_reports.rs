@@ -24,6 +24,7 @@ macro_rules! reports_suite {
             reports_funnel_filters_and_periods,
             reports_rejections_by_reason_channel_product,
             reports_handovers_between_owners,
+            reports_handovers_count_each_replacement_once,
             reports_stale_pages,
         );
     };
@@ -289,6 +290,24 @@ pub async fn reports_handovers_between_owners(store: Arc<dyn Backend>) {
         assert_eq!(got.rows, vec![handover("RM003", "RM001", 2), handover("RM001", "RM002", 1)], "{what}");
         let mobile = period.with_filters(Some(Channel::parse(MOBILE).unwrap()), None);
         assert_eq!(store.handovers(&mobile).await.unwrap().rows, vec![handover("RM001", "RM002", 1)], "{what}");
+    }
+}
+
+/// One customer's lead handed over twice (RM001, then RM002, then RM003): each creation counts the record it
+/// replaced at its own instant, not the key's earlier replacements.
+pub async fn reports_handovers_count_each_replacement_once(store: Arc<dyn Backend>) {
+    let start = OffsetDateTime::now_utc();
+    let m = ctx(MOBILE, None);
+    for owner in ["RM001", "RM002", "RM003"] {
+        store.create(&request(CustomerType::Ntb, "C20", "CREDIT_CARD", owner), &m).await.unwrap();
+    }
+    let s = Seeded { ids: HashMap::new(), start };
+    let want = vec![handover("RM001", "RM002", 1), handover("RM002", "RM003", 1)];
+    for (period, what) in [(around(&s), "ragged"), (whole_days(&s), "whole days"), (whole_days(&s), "folded")] {
+        if what == "folded" {
+            store.fold().await.unwrap();
+        }
+        assert_eq!(store.handovers(&period).await.unwrap().rows, want, "{what}");
     }
 }
 
