@@ -27,6 +27,7 @@ use store_postgres::scratch::ScratchDb;
 
 mod chart;
 mod preload;
+mod targets;
 
 #[derive(Parser, Debug)]
 #[command(name = "bench", about = "A realistic mix through HTTP with wrk, against the machine's ceilings")]
@@ -329,6 +330,11 @@ fn main() {
         }
         mixes.push(json!({ "store": store, "outcomes": done.iter().map(|(l, n)| json!({"labels": l, "count": n})).collect::<Vec<_>>() }));
     }
+    let reached = targets::check(&runs, args.preload);
+    println!("issue 8's targets, from this run:");
+    for line in targets::lines(&reached) {
+        println!("{line}");
+    }
     let results = json!({
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "preload": args.preload,
@@ -337,6 +343,7 @@ fn main() {
         "runs": runs,
         "outcomes": mixes,
         "pgbench_simple_update_tps": pgbench_tps,
+        "targets": reached,
     });
     if let Some(parent) = args.json.parent() {
         let _ = std::fs::create_dir_all(parent);

@@ -1,0 +1,144 @@
+//! Issue 8's targets, checked against one run's figures, so that every run says which it reached.
+//!
+//! What one run cannot tell (p99 at ten million records against ten thousand needs two runs with different
+//! pre-loads) is left out; the README compares those runs by hand.
+
+use serde::Serialize;
+
+use crate::Run;
+
+/// The level the throughput and latency targets are set at.
+const LEVEL: u32 = 64;
+
+/// One target: what is wanted, what the run measured, and whether that is enough.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub wanted: String,
+    pub measured: String,
+    pub reached: bool,
+}
+
+fn at<'a>(runs: &'a [Run], target: &str, connections: u32) -> Option<&'a Run> {
+    runs.iter().find(|r| r.target == target && r.connections == connections)
+}
+
+fn at_least(what: String, wanted: f64, measured: f64) -> Target {
+    Target { what, wanted: format!(">= {wanted:.2}"), measured: format!("{measured:.2}"), reached: measured >= wanted }
+}
+
+fn at_most(what: String, wanted: f64, measured: f64, unit: &str) -> Target {
+    Target {
+        what,
+        wanted: format!("<= {wanted}{unit}"),
+        measured: format!("{measured:.2}{unit}"),
+        reached: measured <= wanted,
+    }
+}
+
+/// The targets `runs` can answer. `preload` sets the memory bound: 64 MiB up to ten thousand records, 128 MiB
+/// up to ten million.
+pub fn check(runs: &[Run], preload: u64) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(live) = at(runs, "service /health/live", LEVEL) {
+        if let Some(ratio) = live.vs_hello {
+            out.push(at_least(format!("/health/live against the bare route, c={LEVEL}"), 0.75, ratio));
+        }
+    }
+    for (store, ratio, p99) in [("sqlite", 0.30, 10.0), ("postgres", 0.15, 25.0)] {
+        let Some(mix) = at(runs, &format!("mix, {store}"), LEVEL) else { continue };
+        if let Some(vs_live) = mix.vs_live {
+            out.push(at_least(format!("{store} mix against /health/live, c={LEVEL}"), ratio, vs_live));
+        }
+        out.push(at_most(format!("{store} mix p99, c={LEVEL}"), p99, mix.p99_ms, " ms"));
+        out.push(Target {
+            what: format!("{store} mix errors, c={LEVEL}"),
+            wanted: "0".into(),
+            measured: mix.errors.to_string(),
+            reached: mix.errors == 0,
+        });
+    }
+    let bound = if preload <= 10_000 { 64.0 } else { 128.0 };
+    for store in ["sqlite", "postgres"] {
+        let peak = runs
+            .iter()
+            .filter(|r| r.target == format!("mix, {store}"))
+            .filter_map(|r| r.peak_rss_mib)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        if let Some(peak) = peak {
+            out.push(at_most(format!("{store} peak memory, {preload} records"), bound, peak, " MiB"));
+        }
+    }
+    out
+}
+
+/// The targets as lines of text, for the terminal.
+pub fn lines(targets: &[Target]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| {
+            let verdict = if t.reached { "reached" } else { "NOT reached" };
+            format!("  {:<46} wanted {:<10} measured {:<11} {verdict}", t.what, t.wanted, t.measured)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check, Target};
+    use crate::Run;
+
+    fn run(target: &str, connections: u32, p99_ms: f64, rss: f64, vs_hello: Option<f64>, vs_live: Option<f64>) -> Run {
+        Run {
+            target: target.into(),
+            connections,
+            requests_per_s: 1000.0,
+            p50_ms: 1.0,
+            p95_ms: 2.0,
+            p99_ms,
+            errors: 0,
+            cpu_cores: None,
+            peak_rss_mib: Some(rss),
+            log_bytes_per_request: None,
+            vs_hello,
+            vs_live,
+        }
+    }
+
+    fn find<'a>(targets: &'a [Target], what: &str) -> &'a Target {
+        targets.iter().find(|t| t.what == what).unwrap_or_else(|| panic!("no target {what}: {targets:?}"))
+    }
+
+    #[test]
+    fn each_target_is_reached_exactly_at_its_bound() {
+        let runs = vec![
+            run("service /health/live", 64, 1.0, 20.0, Some(0.75), None),
+            run("mix, sqlite", 16, 50.0, 70.0, None, Some(0.01)),
+            run("mix, sqlite", 64, 10.0, 64.0, None, Some(0.30)),
+            run("mix, postgres", 64, 25.01, 30.0, None, Some(0.149)),
+        ];
+        let t = check(&runs, 10_000);
+        assert!(find(&t, "/health/live against the bare route, c=64").reached);
+        assert!(find(&t, "sqlite mix against /health/live, c=64").reached);
+        assert!(find(&t, "sqlite mix p99, c=64").reached, "10 ms is within 10 ms");
+        assert!(!find(&t, "postgres mix against /health/live, c=64").reached);
+        assert!(!find(&t, "postgres mix p99, c=64").reached);
+        // The run at 16 connections counts for memory (its 70 MiB is over 64), not for speed.
+        let memory = find(&t, "sqlite peak memory, 10000 records");
+        assert_eq!((memory.measured.as_str(), memory.reached), ("70.00 MiB", false));
+        assert!(find(&t, "postgres peak memory, 10000 records").reached);
+        assert!(find(&t, "sqlite mix errors, c=64").reached);
+    }
+
+    #[test]
+    fn more_records_allow_more_memory_and_missing_runs_give_no_target() {
+        let runs = vec![run("mix, sqlite", 64, 12.0, 100.0, None, None)];
+        let t = check(&runs, 10_000_000);
+        assert!(find(&t, "sqlite peak memory, 10000000 records").reached, "128 MiB at ten million");
+        assert!(!find(&t, "sqlite mix p99, c=64").reached);
+        assert!(t.iter().all(|t| !t.what.contains("postgres") && !t.what.contains("/health/live")), "{t:?}");
+        let mut errors = runs.clone();
+        errors[0].errors = 3;
+        assert!(!find(&check(&errors, 10_000), "sqlite mix errors, c=64").reached);
+    }
+}
