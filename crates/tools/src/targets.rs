@@ -85,7 +85,7 @@ pub fn lines(targets: &[Target]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check, Target};
+    use super::{check, lines, Target};
     use crate::Run;
 
     fn run(target: &str, connections: u32, p99_ms: f64, rss: f64, vs_hello: Option<f64>, vs_live: Option<f64>) -> Run {
@@ -128,6 +128,17 @@ mod tests {
         assert_eq!((memory.measured.as_str(), memory.reached), ("70.00 MiB", false));
         assert!(find(&t, "postgres peak memory, 10000 records").reached);
         assert!(find(&t, "sqlite mix errors, c=64").reached);
+    }
+
+    #[test]
+    fn each_target_prints_as_one_line_with_its_verdict() {
+        let t = check(&[run("mix, sqlite", 64, 9.0, 80.0, None, Some(0.2))], 10_000);
+        let printed = lines(&t);
+        assert_eq!(printed.len(), t.len());
+        let p99 = printed.iter().find(|l| l.contains("sqlite mix p99, c=64")).expect("the p99 line");
+        assert!(p99.contains("<= 10 ms") && p99.contains("9.00 ms") && p99.ends_with(" reached"), "{p99}");
+        let ratio = printed.iter().find(|l| l.contains("against /health/live")).expect("the ratio line");
+        assert!(ratio.contains("0.20") && ratio.ends_with("NOT reached"), "{ratio}");
     }
 
     #[test]
