@@ -60,11 +60,8 @@ pub fn check(runs: &[Run], preload: u64) -> Vec<Target> {
     }
     let bound = if preload <= 10_000 { 64.0 } else { 128.0 };
     for store in ["sqlite", "postgres"] {
-        let peak = runs
-            .iter()
-            .filter(|r| r.target == format!("mix, {store}"))
-            .filter_map(|r| r.peak_rss_mib)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let mix = format!("mix, {store}");
+        let peak = runs.iter().filter(|r| r.target == mix).filter_map(|r| r.peak_rss_mib).reduce(f64::max);
         if let Some(peak) = peak {
             out.push(at_most(format!("{store} peak memory, {preload} records"), bound, peak, " MiB"));
         }
