@@ -115,24 +115,37 @@ impl Stripes {
     }
 }
 
-/// A queue whose jobs are taken in batches: whenever one of `concurrent` slots is free, every job waiting
-/// (up to `max_batch`) goes to `run` together. The task that takes them ends when the queue is dropped.
+/// A queue whose jobs are taken in batches: whenever one of `concurrent` slots is free and no batch is still
+/// starting, every job waiting (up to `max_batch`) goes to `run` together. The task that takes them ends when
+/// the queue is dropped.
+///
+/// A batch is *starting* until it drops the [`Starting`] it is given; the write batches hold it until they
+/// have read what they need, the claims not at all. Without that, a batch that had just taken the whole
+/// queue left the other slot free, and the next batch started with the first job that arrived: batches of a
+/// few requests, each paying a transaction's fixed cost. Held, the next batch takes what arrived while this
+/// one locked and read, and runs its reads while this one plans, writes and commits.
 pub(crate) struct Queue<J> {
     queue: mpsc::Sender<J>,
 }
 
+/// Held by a batch while it starts (see [`Queue`]); the next batch is taken once it is dropped.
+pub(crate) struct Starting(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
 impl<J: Send + 'static> Queue<J> {
     pub(crate) fn start<F, Fut>(batching: Batching, run: F) -> Self
     where
-        F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<J>, Starting) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let (queue, mut jobs) = mpsc::channel::<J>(4096);
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(batching.concurrent.max(1)));
+            let starting = Arc::new(Semaphore::new(1));
             while let Some(first) = jobs.recv().await {
-                // While every slot is busy, the jobs that arrive wait in the queue and join the next batch.
+                // While every slot is busy, or a batch is still starting, the jobs that arrive wait in the
+                // queue and join the next batch.
                 let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let Ok(start) = starting.clone().acquire_owned().await else { return };
                 let mut batch = vec![first];
                 while batch.len() < batching.max_batch.max(1) {
                     match jobs.try_recv() {
@@ -140,7 +153,7 @@ impl<J: Send + 'static> Queue<J> {
                         Err(_) => break,
                     }
                 }
-                let done = run(batch);
+                let done = run(batch, Starting(start));
                 tokio::spawn(async move {
                     done.await;
                     drop(slot);
@@ -164,9 +177,9 @@ pub(crate) struct Batcher {
 impl Batcher {
     pub(crate) fn start(writer: Arc<Writer>) -> Self {
         let batching = writer.batching;
-        let queue = Queue::start(batching, move |jobs| {
+        let queue = Queue::start(batching, move |jobs, starting| {
             let writer = writer.clone();
-            async move { run(&writer, jobs).await }
+            async move { run(&writer, jobs, starting).await }
         });
         Self { queue }
     }
@@ -200,8 +213,8 @@ impl From<sqlx::Error> for Stop {
     }
 }
 
-async fn run(writer: &Arc<Writer>, jobs: Vec<Job>) {
-    match together(writer, &jobs).await {
+async fn run(writer: &Arc<Writer>, jobs: Vec<Job>, starting: Starting) {
+    match together(writer, &jobs, starting).await {
         Ok(answers) => {
             for (job, done) in jobs.into_iter().zip(answers) {
                 match done {
@@ -431,7 +444,7 @@ impl<'a> Rows<'a> {
 static OWNER_CHANGED: std::sync::LazyLock<Reason> = std::sync::LazyLock::new(Reason::owner_changed);
 
 /// Runs `jobs` in one transaction and answers each, or `None` for one whose key was busy.
-async fn together(w: &Writer, jobs: &[Job]) -> Result<Vec<Option<Result<Done, StoreError>>>, Stop> {
+async fn together(w: &Writer, jobs: &[Job], starting: Starting) -> Result<Vec<Option<Result<Done, StoreError>>>, Stop> {
     let pool = &w.pool;
     let mut answers: Vec<Option<Result<Done, StoreError>>> = jobs.iter().map(|_| None).collect();
     // The keys of the records the closes name (a record's key never changes, so this needs no lock).
@@ -442,12 +455,15 @@ async fn together(w: &Writer, jobs: &[Job]) -> Result<Vec<Option<Result<Done, St
             Op::Create(_) => None,
         })
         .collect();
+    // The whole batch runs on one connection: taking one from the pool, and the ping sqlx sends as it goes
+    // back, cost time even when one is free.
+    let mut conn = pool.acquire().await?;
     let mut key_of: HashMap<String, (String, String)> = HashMap::new();
     if !named.is_empty() {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT id, record_type, match_key FROM records WHERE id = ANY($1)")
                 .bind(&named)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
         key_of = rows.into_iter().map(|(id, t, k)| (id, (t, k))).collect();
     }
@@ -475,7 +491,8 @@ async fn together(w: &Writer, jobs: &[Job]) -> Result<Vec<Option<Result<Done, St
     // waits for a key that another transaction holds (a replica's, or a batch's of this one), so it never
     // holds up the rest of its requests, nor can two batches deadlock. A request whose key is busy leaves
     // the batch and waits for it alone, queued on its stripe.
-    let mut tx = pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await?;
+    let mut tx =
+        sqlx::Connection::begin_with(&mut *conn, "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await?;
     let locked: Vec<i64> =
         sqlx::query_scalar("SELECT l.id FROM unnest($1::int8[]) AS l (id) WHERE pg_try_advisory_xact_lock(l.id)")
             .bind(&locks)
@@ -530,6 +547,8 @@ async fn together(w: &Writer, jobs: &[Job]) -> Result<Vec<Option<Result<Done, St
     .bind(&named)
     .fetch_all(&mut *tx)
     .await?;
+    // The next batch may be taken now; the keys' locks keep the two apart.
+    drop(starting);
     let now = rows.first().map(|r| r.0).ok_or_else(|| Stop::Before(StoreError::internal("no clock row")))?;
     // Each request gets its own instant, a microsecond apart, after anything the batch read was changed.
     let latest = rows.iter().filter_map(|r| r.8).max();
@@ -869,5 +888,66 @@ fn expect(rows: i64, wanted: usize, what: &str) -> Result<(), Stop> {
         Ok(())
     } else {
         Err(Stop::Before(StoreError::internal(format!("{what}: {rows} rows of {wanted}"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a batch saw, and the switch that ends its start.
+    type Seen = (Vec<u32>, oneshot::Sender<()>);
+
+    #[tokio::test]
+    async fn the_next_batch_is_taken_once_the_one_before_has_started() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
+        let queue = Queue::start(Batching { max_batch: 64, concurrent: 2 }, move |jobs, starting| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let (go, started) = oneshot::channel();
+                seen_tx.send((jobs, go)).unwrap();
+                let _ = started.await;
+                drop(starting);
+                // The batch keeps its slot until the test ends.
+                std::future::pending::<()>().await;
+            }
+        });
+        queue.push(1).await.unwrap();
+        let (first, go) = seen.recv().await.unwrap();
+        assert_eq!(first, [1]);
+        for n in 2..=5 {
+            queue.push(n).await.unwrap();
+        }
+        // A slot is free, but the first batch is still starting: the jobs wait, together.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(seen.try_recv().is_err(), "a batch was taken while the one before was starting");
+        go.send(()).unwrap();
+        let (second, _go) = seen.recv().await.unwrap();
+        assert_eq!(second, [2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn no_more_batches_run_at_once_than_there_are_slots() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
+        let queue = Queue::start(Batching { max_batch: 1, concurrent: 2 }, move |jobs, starting| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                drop(starting);
+                let (go, done) = oneshot::channel();
+                seen_tx.send((jobs, go)).unwrap();
+                let _ = done.await;
+            }
+        });
+        for n in 1..=3 {
+            queue.push(n).await.unwrap();
+        }
+        let (first, go_first) = seen.recv().await.unwrap();
+        let (second, _go_second) = seen.recv().await.unwrap();
+        assert_eq!((first, second), (vec![1], vec![2]));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(seen.try_recv().is_err(), "a third batch ran beside two");
+        go_first.send(()).unwrap();
+        let (third, _go_third) = seen.recv().await.unwrap();
+        assert_eq!(third, [3]);
     }
 }
