@@ -197,9 +197,9 @@ impl PgStore {
             .idle_timeout(Duration::from_secs(300))
             // sqlx pings every connection as it goes back to the pool, and by default again as it comes
             // out: a round trip before every statement or transaction, which under load waits its turn
-            // like any other (a third of a batch's time went to the two it took). Only a connection that
-            // has sat idle for a while, which the server or the network may have dropped meanwhile, is
-            // pinged before use.
+            // like any other (about 250 µs of a batch's 3.3 ms went to the two a batch took). Only a
+            // connection that has sat idle for a while, which the server or the network may have dropped
+            // meanwhile, is pinged before use; one whose ping fails is closed and a new one opened.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
