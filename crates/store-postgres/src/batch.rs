@@ -129,7 +129,9 @@ pub(crate) struct Queue<J> {
 }
 
 /// Held by a batch while it starts (see [`Queue`]); the next batch is taken once it is dropped.
-pub(crate) struct Starting(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+pub(crate) struct Starting {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl<J: Send + 'static> Queue<J> {
     pub(crate) fn start<F, Fut>(batching: Batching, run: F) -> Self
@@ -153,7 +155,7 @@ impl<J: Send + 'static> Queue<J> {
                         Err(_) => break,
                     }
                 }
-                let done = run(batch, Starting(start));
+                let done = run(batch, Starting { _permit: start });
                 tokio::spawn(async move {
                     done.await;
                     drop(slot);
