@@ -186,29 +186,47 @@ async fn applied(pool: &PgPool) -> i64 {
 /// How long a connection may sit in the pool before it is pinged on its way out (see [`PgStore::open`]).
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// A pool of at most `max` connections, pinged before use only after sitting idle.
+fn pool_options(config: &PgConfig, max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        // sqlx pings every connection as it goes back to the pool, and by default again as it comes
+        // out: a round trip before every statement or transaction, which under load waits its turn
+        // like any other (about 250 µs of a batch's 3.3 ms went to the two a batch took). Only a
+        // connection that has sat idle for a while, which the server or the network may have dropped
+        // meanwhile, is pinged before use; one whose ping fails is closed and a new one opened.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl PgStore {
     /// Connects, migrates (concurrent replicas are safe: sqlx takes an advisory lock while migrating) and
     /// checks the matching mode.
     pub async fn open(config: PgConfig) -> Result<Self, OpenError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .min_connections(0)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(Duration::from_secs(300))
-            // sqlx pings every connection as it goes back to the pool, and by default again as it comes
-            // out: a round trip before every statement or transaction, which under load waits its turn
-            // like any other (about 250 µs of a batch's 3.3 ms went to the two a batch took). Only a
-            // connection that has sat idle for a while, which the server or the network may have dropped
-            // meanwhile, is pinged before use; one whose ping fails is closed and a new one opened.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IDLE_AFTER {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+        // Each batch holds a connection while it runs: at most half the connections, so that lone writes,
+        // reads, idempotency claims and readiness always find one. The batches' connections are a pool of
+        // their own, with generic plans for the whole session (see `batch`); the rest keep the default.
+        let batching = Batching {
+            concurrent: config.batching.concurrent.clamp(1, (config.max_connections as usize / 2).max(1)),
+            ..config.batching
+        };
+        let batches = batching.max_batch > 1;
+        let shared = if batches {
+            config.max_connections.saturating_sub(batching.concurrent as u32).max(1)
+        } else {
+            config.max_connections
+        };
+        let pool = pool_options(&config, shared)
             .connect_with(options(&config)?)
             .await
             .map_err(|source| OpenError::Connect { url: redact(&config.url), source })?;
@@ -225,22 +243,20 @@ impl PgStore {
         if stored != config.matching.as_str() {
             return Err(OpenError::MatchingChanged { stored, configured: config.matching.as_str() });
         }
-        // Each batch holds a connection while it runs: at most half the pool, so that reads, idempotency
-        // claims and readiness always find one.
-        let batching = Batching {
-            concurrent: config.batching.concurrent.clamp(1, (config.max_connections as usize / 2).max(1)),
-            ..config.batching
-        };
+        let batch_pool = pool_options(&config, batching.concurrent as u32)
+            .connect_lazy_with(options(&config)?.options([("plan_cache_mode", "force_generic_plan")]));
         let writer = Arc::new(batch::Writer {
             pool: pool.clone(),
+            batch_pool,
             stripes: Arc::new(batch::Stripes::new(STRIPES)),
             matching: config.matching,
             events: config.events,
             batching,
             fallbacks: Default::default(),
+            conflicts: Default::default(),
         });
-        let batcher = (batching.max_batch > 1).then(|| batch::Batcher::start(writer.clone()));
-        let claims = (batching.max_batch > 1).then(|| {
+        let batcher = batches.then(|| batch::Batcher::start(writer.clone()));
+        let claims = batches.then(|| {
             let pool = pool.clone();
             batch::Queue::start(batching, move |claims, starting| {
                 // A claim is one statement: the next batch of claims need not wait for it to start.
@@ -263,6 +279,13 @@ impl PgStore {
         self.writer.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many times a batch's write found that another writer (another batch, a lone write, another
+    /// replica) had changed what the batch read since, so that it wrote nothing and read again. Expected
+    /// when writers compete for the same customers.
+    pub fn batch_conflicts(&self) -> u64 {
+        self.writer.conflicts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs `op`: queued for a batch, or alone.
     async fn write(&self, op: batch::Op, ctx: &RequestContext) -> Result<batch::Done, StoreError> {
         match &self.batcher {
@@ -275,8 +298,9 @@ impl PgStore {
         &self.pool
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes the pools, waiting for connections in use to be returned.
     pub async fn shutdown(&self) {
+        self.writer.batch_pool.close().await;
         self.pool.close().await;
     }
 }

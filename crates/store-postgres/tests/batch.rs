@@ -35,9 +35,11 @@ async fn a_refused_request_does_not_sink_its_batch() {
     .await
     .unwrap();
 
-    // The one batch slot is held up: its batch waits for a connection, both of which are held here, while
-    // the next requests queue behind it and form one batch.
-    let held = (store.pool().acquire().await.unwrap(), store.pool().acquire().await.unwrap());
+    // The one batch slot is held up: its batch waits to read the records, which are locked here, while the
+    // next requests queue behind it and form one batch.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE records IN ACCESS EXCLUSIVE MODE").execute(&mut *held).await.unwrap();
     let spawn = |id_number: &str| {
         let (store, req) = (store.clone(), request(CustomerType::Ntb, id_number, "CREDIT_CARD", "RM001"));
         tokio::spawn(async move { store.create(&req, &ctx("r")).await })
@@ -48,7 +50,7 @@ async fn a_refused_request_does_not_sink_its_batch() {
     let mut queued: Vec<_> = good.iter().map(|n| spawn(n)).collect();
     queued.insert(4, spawn(REFUSED));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(held);
+    held.rollback().await.unwrap();
 
     assert_eq!(waiting.await.unwrap().unwrap().result, CreateResult::Created);
     let refused = queued.remove(4).await.unwrap();
@@ -112,9 +114,10 @@ async fn one_of_a_batch_of_claims_of_a_key_proceeds() {
     config.max_connections = 2;
     config.batching = Batching { max_batch: 64, concurrent: 1 };
     let store = Arc::new(PgStore::open(config).await.unwrap());
-    // Both connections are held: a first claim takes the one batch slot and waits for a connection, while
-    // the claims behind it queue up and go in together once it is done.
-    let held = (store.pool().acquire().await.unwrap(), store.pool().acquire().await.unwrap());
+    // The pool's connection is held (the other of the two is the write batches'): a first claim takes the
+    // one batch slot and waits for it, while the claims behind it queue up and go in together once it is
+    // done.
+    let held = store.pool().acquire().await.unwrap();
     let hour = Duration::from_secs(3600);
     let first = {
         let store = store.clone();
@@ -139,4 +142,59 @@ async fn one_of_a_batch_of_claims_of_a_key_proceeds() {
         }
     }
     assert_eq!(proceed, 1);
+}
+
+/// A batch reads without its keys' locks and writes in one statement that changes each record only from
+/// the status it read: when another writer changes a record in between, the statement leaves nothing
+/// behind (no history, no answer), and the batch reads again and answers from what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_overtaken_by_another_writer_writes_nothing_and_reads_again() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    let lead = store.create(&request(CustomerType::Ntb, "079200000000", "CREDIT_CARD", "RM001"), &ctx("r1")).await;
+    let lead = lead.unwrap().id;
+
+    // Another writer holds the lead's row: the batch reads it open, then its write waits for the row.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM records WHERE id = $1 FOR UPDATE").bind(&lead).execute(&mut *tx).await.unwrap();
+    let lost = {
+        let (store, lead) = (store.clone(), lead.clone());
+        tokio::spawn(async move { store.close_lost(RecordType::Lead, &lead, &ctx("r2")).await })
+    };
+    let mut waited = false;
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH locked%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the batch's write did not wait for the row");
+    // The other writer closes the lead won first.
+    sqlx::query("UPDATE records SET status = 'Close Won', updated_at = clock_timestamp() WHERE id = $1")
+        .bind(&lead)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let answer = lost.await.unwrap();
+    assert!(
+        matches!(answer, Err(StoreError::InvalidTransition { current: lifecycle::Status::CloseWon })),
+        "{answer:?}"
+    );
+    assert_eq!((store.batch_conflicts(), store.batch_fallbacks()), (1, 0));
+    let kept = store.get(RecordType::Lead, &lead).await.unwrap().unwrap();
+    assert_eq!(kept.record.status, lifecycle::Status::CloseWon);
+    assert_eq!(kept.history.len(), 1, "the batch's history row was left behind: {:?}", kept.history);
 }
