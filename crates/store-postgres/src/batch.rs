@@ -644,7 +644,7 @@ fn plan<'a>(w: &Writer, jobs: &'a [Job], rows: &[Read], busy: &[i64]) -> Result<
 /// answers. Events need a second statement (their numbers come from the first), so the two then share a
 /// transaction.
 async fn write(w: &Writer, conn: &mut sqlx::PgConnection, out: &Rows<'_>, locks: &[i64]) -> Result<Wrote, Stop> {
-    if !(w.events && !out.events.is_empty()) {
+    if !w.events || out.events.is_empty() {
         return match write_rows(conn, out, locks).await {
             Ok(busy) if busy.is_empty() => Ok(Wrote::Done),
             Ok(busy) => Ok(Wrote::Busy(busy)),
