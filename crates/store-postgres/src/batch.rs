@@ -1,26 +1,34 @@
-//! Concurrent writes share one transaction.
+//! Concurrent writes go together.
 //!
 //! One transaction per request costs a request about five round trips and a commit; on a busy database the
 //! round trips, not the work, are what runs out. So the writes of a replica go through a queue: whenever a
-//! slot is free, the writes that wait are taken together (up to `max_batch`) and run as one transaction
-//! whose statements are set-based: a few round trips for the whole batch, whatever its size.
+//! slot is free, the writes that wait are taken together (up to `max_batch`) and cost two round trips,
+//! whatever their number, on a connection of the batches' own pool (whose sessions use generic plans: the
+//! planning of custom ones was a fifth of the database's CPU).
 //!
-//! The transaction tries the advisory lock of every matching key the batch touches, without waiting: a
-//! request whose key another transaction holds (another replica's, or another batch's) leaves the batch
-//! and waits for its key alone, queued on its stripe, so a busy customer never holds up a batch and two
-//! batches can never deadlock. Then one statement reads what the rules need for the rest: the open records
-//! of the creates' keys and the records the closes name. The lifecycle core plans each request **in turn**
-//! against an in-memory model of those records, which each plan updates, so the batch ends exactly as if
-//! its requests had run one after the other in the order they were taken. One statement writes every row
-//! (records, history, the answers kept for idempotency keys; events add two), and every answer is sent
-//! only once the commit returns. Each request gets its own instant, a microsecond after the previous one
-//! and after anything the batch read was changed, so the history of a key keeps the order its steps ran.
+//! The first statement reads what the rules need, without a lock: the open records of the creates' keys and
+//! the records the closes name. The lifecycle core plans each request **in turn** against an in-memory
+//! model of those records, which each plan updates, so the batch ends exactly as if its requests had run
+//! one after the other in the order they were taken. Each request gets its own instant, a microsecond
+//! after the previous one and after anything the batch read was changed, so the history of a key keeps the
+//! order its steps ran.
 //!
-//! If anything fails before the commit, the transaction rolls back, leaving nothing, and each request runs
-//! again alone on the one-transaction-per-request path (see `write`), so one bad request answers for itself
-//! and the rest are unaffected; only when the database is unreachable or overloaded does every request
-//! answer so at once. If the commit itself fails, its outcome is unknown, and every request of the batch
-//! answers that the backend is unavailable, exactly as a lone request would.
+//! The second statement writes every row (records, history, the answers kept for idempotency keys) and,
+//! being a transaction of its own, commits before it answers; every answer is sent only then. It first
+//! tries the advisory lock of every key whose records it changes, without waiting, and holds them to its
+//! commit, so a lone write (which holds its key's lock from its read to its commit) never sees a batch
+//! change its key. If a lock is busy, the statement writes nothing, and the batch writes again without the
+//! requests on that key, which wait for it alone. Then it changes each record only from the status the
+//! batch read, and inserts a key's open record only where the partial unique index allows it: if another
+//! writer got there first, the statement raises an error from inside (`crm_batch_conflict`), nothing of it
+//! stays, and the batch reads and plans again. After [`ROUNDS`] such rounds, its requests run alone. With
+//! events on, the events' rows need a second statement, and the two share an explicit transaction.
+//!
+//! If anything else fails before the commit, nothing was written, and each request runs again alone on the
+//! one-transaction-per-request path (see `write`), so one bad request answers for itself and the rest are
+//! unaffected; only when the database is unreachable or overloaded does every request answer so at once.
+//! If the connection is lost during the write, or the commit itself fails, its outcome is unknown, and every
+//! request of the batch answers that the backend is unavailable, exactly as a lone request would.
 //!
 //! The same [`Queue`] batches the claims of fresh idempotency keys (see `idempotency`).
 
@@ -126,8 +134,8 @@ impl Stripes {
 /// A batch is *starting* until it drops the [`Starting`] it is given; the write batches hold it until they
 /// have read what they need, the claims not at all. Without that, a batch that had just taken the whole
 /// queue left the other slot free, and the next batch started with the first job that arrived: batches of a
-/// few requests, each paying a transaction's fixed cost. Held, the next batch takes what arrived while this
-/// one locked and read, and runs its reads while this one plans, writes and commits.
+/// few requests, each paying a batch's fixed cost. Held, the next batch takes what arrived while this one
+/// read, and runs its read while this one plans and writes.
 pub(crate) struct Queue<J> {
     queue: mpsc::Sender<J>,
 }
@@ -205,7 +213,8 @@ enum Stop {
     /// Before the commit, because the database is unreachable or overloaded: nothing was written, and
     /// running each request again would only wait as long again for the same answer.
     Down { retry_after: std::time::Duration, source: Box<dyn std::error::Error + Send + Sync> },
-    /// At the commit: it may or may not have been written.
+    /// At the commit, or with the connection lost during a write that commits itself: it may or may not
+    /// have been written.
     Commit(sqlx::Error),
 }
 
