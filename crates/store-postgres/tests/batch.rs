@@ -198,3 +198,54 @@ async fn a_batch_overtaken_by_another_writer_writes_nothing_and_reads_again() {
     assert_eq!(kept.record.status, lifecycle::Status::CloseWon);
     assert_eq!(kept.history.len(), 1, "the batch's history row was left behind: {:?}", kept.history);
 }
+
+/// One request after another, nothing else writing: each batch reads everything its plans need, so its
+/// write is never refused by the database (which would count a conflict) and never falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_alone_reads_all_it_needs() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.batching = Batching { max_batch: 64, concurrent: 2 };
+    let store = PgStore::open(config).await.unwrap();
+    let lead = |owner: &str| request(CustomerType::Ntb, "079300000000", "CREDIT_CARD", owner);
+    let first = store.create(&lead("RM001"), &ctx("r1")).await.unwrap();
+    assert_eq!(first.result, CreateResult::Created);
+    let again = store.create(&lead("RM001"), &ctx("r2")).await.unwrap();
+    assert_eq!((again.result, &again.id), (CreateResult::Existing, &first.id));
+    let handed = store.create(&lead("RM002"), &ctx("r3")).await.unwrap();
+    assert_eq!(handed.result, CreateResult::Replaced);
+    let won = store.close_won(RecordType::Lead, &handed.id, true, &ctx("r4")).await.unwrap();
+    assert!(won.opportunity.is_some(), "converted");
+    let etb = request(CustomerType::Etb, "079300000000", "CREDIT_CARD", "RM002");
+    let opportunity = store.create(&etb, &ctx("r5a")).await.unwrap();
+    assert_eq!(opportunity.result, CreateResult::Created);
+    let opportunity = opportunity.id;
+    let existing = store.create(&etb, &ctx("r5b")).await.unwrap();
+    assert_eq!((existing.result, &existing.id), (CreateResult::Existing, &opportunity));
+    // A change is stamped with the time it was made, not just after the record's previous change.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(store.pool()).await.unwrap();
+    store.close_lost(RecordType::Opportunity, &opportunity, &ctx("r6")).await.unwrap();
+    let kept = store.get(RecordType::Opportunity, &opportunity).await.unwrap().unwrap();
+    let lost_at = kept.history.last().unwrap().at;
+    assert!(lost_at >= before, "stamped {lost_at}, before the request ({before})");
+    let lost_again = store.close_lost(RecordType::Opportunity, &opportunity, &ctx("r7")).await.unwrap();
+    assert_eq!(lost_again.status, lifecycle::Status::CloseLost);
+    assert!(matches!(store.close_lost(RecordType::Lead, &opportunity, &ctx("r8")).await, Err(StoreError::NotFound)));
+    // And after the record's last change, even when that is stamped later than the database's clock.
+    let other = store.create(&request(CustomerType::Ntb, "079300000001", "CREDIT_CARD", "RM001"), &ctx("r9")).await;
+    let other = other.unwrap().id;
+    let ahead: time::OffsetDateTime = sqlx::query_scalar(
+        "UPDATE records SET updated_at = clock_timestamp() + interval '1 hour' WHERE id = $1 RETURNING updated_at",
+    )
+    .bind(&other)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    store.close_won(RecordType::Lead, &other, false, &ctx("r10")).await.unwrap();
+    let kept = store.get(RecordType::Lead, &other).await.unwrap().unwrap();
+    let won_at = kept.history.last().unwrap().at;
+    assert!(won_at > ahead, "stamped {won_at}, not after the record's last change ({ahead})");
+    assert_eq!((store.batch_conflicts(), store.batch_fallbacks()), (0, 0));
+}
