@@ -72,8 +72,19 @@ async fn a_refused_request_does_not_sink_its_batch() {
 /// rest of the batch does not wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_key_waits_alone() {
+    busy_key_waits_alone(false).await;
+}
+
+/// The same with events on, where the batch's write and its events share an explicit transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_key_waits_alone_with_events() {
+    busy_key_waits_alone(true).await;
+}
+
+async fn busy_key_waits_alone(events: bool) {
     let db = ScratchDb::create("crm_batch").await;
     let mut config = PgConfig::new(&db.url);
+    config.events = events;
     config.batching = Batching { max_batch: 64, concurrent: 1 };
     let store = Arc::new(PgStore::open(config).await.unwrap());
     let busy = request(CustomerType::Ntb, "079100000000", "CREDIT_CARD", "RM001");
@@ -94,6 +105,7 @@ async fn a_busy_key_waits_alone() {
     for answer in others {
         let outcome = tokio::time::timeout(Duration::from_secs(20), answer).await.expect("answered").unwrap().unwrap();
         assert_eq!(outcome.result, CreateResult::Created);
+        assert!(store.get(RecordType::Lead, &outcome.id).await.unwrap().is_some(), "answered but not stored");
     }
     assert!(waiting.iter().all(|w| !w.is_finished()), "the busy key's requests waited for its lock");
     sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
@@ -149,8 +161,19 @@ async fn one_of_a_batch_of_claims_of_a_key_proceeds() {
 /// behind (no history, no answer), and the batch reads again and answers from what is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_overtaken_by_another_writer_writes_nothing_and_reads_again() {
+    overtaken(false).await;
+}
+
+/// The same with events on: the batch's explicit transaction leaves nothing either, its events included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_overtaken_with_events_writes_nothing_and_reads_again() {
+    overtaken(true).await;
+}
+
+async fn overtaken(events: bool) {
     let db = ScratchDb::create("crm_batch").await;
     let mut config = PgConfig::new(&db.url);
+    config.events = events;
     config.batching = Batching { max_batch: 64, concurrent: 1 };
     let store = Arc::new(PgStore::open(config).await.unwrap());
     let lead = store.create(&request(CustomerType::Ntb, "079200000000", "CREDIT_CARD", "RM001"), &ctx("r1")).await;
@@ -197,6 +220,13 @@ async fn a_batch_overtaken_by_another_writer_writes_nothing_and_reads_again() {
     let kept = store.get(RecordType::Lead, &lead).await.unwrap().unwrap();
     assert_eq!(kept.record.status, lifecycle::Status::CloseWon);
     assert_eq!(kept.history.len(), 1, "the batch's history row was left behind: {:?}", kept.history);
+    if events {
+        let lost_events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject LIKE '%.lost'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(lost_events, 0, "the batch's event was left behind");
+    }
 }
 
 /// One request after another, nothing else writing: each batch reads everything its plans need, so its
@@ -248,4 +278,39 @@ async fn a_batch_alone_reads_all_it_needs() {
     let won_at = kept.history.last().unwrap().at;
     assert!(won_at > ahead, "stamped {won_at}, not after the record's last change ({ahead})");
     assert_eq!((store.batch_conflicts(), store.batch_fallbacks()), (0, 0));
+}
+
+/// Requests of one batch are stamped in the order they ran: a record created by one and replaced by the
+/// next closes after it was created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_of_one_batch_keep_their_order_in_time() {
+    let db = ScratchDb::create("crm_batch").await;
+    let mut config = PgConfig::new(&db.url);
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    let store = Arc::new(PgStore::open(config).await.unwrap());
+    // The one batch slot is held up reading the locked records while the two requests queue behind it.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE records IN ACCESS EXCLUSIVE MODE").execute(&mut *held).await.unwrap();
+    let spawn = |id_number: &str, owner: &str| {
+        let (store, req) = (store.clone(), request(CustomerType::Ntb, id_number, "CREDIT_CARD", owner));
+        tokio::spawn(async move { store.create(&req, &ctx("r")).await })
+    };
+    let waiting = spawn("079400000000", "RM001");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = spawn("079400000001", "RM001");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = spawn("079400000001", "RM002");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.rollback().await.unwrap();
+
+    waiting.await.unwrap().unwrap();
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!((first.result, second.result), (CreateResult::Created, CreateResult::Replaced));
+    assert_eq!(second.closed_record_ids, [first.id.clone()]);
+    let replaced = store.get(RecordType::Lead, &first.id).await.unwrap().unwrap();
+    let (created, closed) = (replaced.history[0].at, replaced.history[1].at);
+    assert!(closed > created, "closed at {closed}, created at {created}");
+    assert_eq!(store.batch_fallbacks(), 0);
 }
