@@ -83,10 +83,7 @@ async fn a_busy_key_waits_alone_with_events() {
 
 async fn busy_key_waits_alone(events: bool) {
     let db = ScratchDb::create("crm_batch").await;
-    let mut config = PgConfig::new(&db.url);
-    config.events = events;
-    config.batching = Batching { max_batch: 64, concurrent: 1 };
-    let store = Arc::new(PgStore::open(config).await.unwrap());
+    let store = one_slot(&db, events).await;
     let busy = request(CustomerType::Ntb, "079100000000", "CREDIT_CARD", "RM001");
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -172,10 +169,7 @@ async fn a_batch_overtaken_with_events_writes_nothing_and_reads_again() {
 
 async fn overtaken(events: bool) {
     let db = ScratchDb::create("crm_batch").await;
-    let mut config = PgConfig::new(&db.url);
-    config.events = events;
-    config.batching = Batching { max_batch: 64, concurrent: 1 };
-    let store = Arc::new(PgStore::open(config).await.unwrap());
+    let store = one_slot(&db, events).await;
     let lead = store.create(&request(CustomerType::Ntb, "079200000000", "CREDIT_CARD", "RM001"), &ctx("r1")).await;
     let lead = lead.unwrap().id;
 
@@ -285,9 +279,7 @@ async fn a_batch_alone_reads_all_it_needs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_of_one_batch_keep_their_order_in_time() {
     let db = ScratchDb::create("crm_batch").await;
-    let mut config = PgConfig::new(&db.url);
-    config.batching = Batching { max_batch: 64, concurrent: 1 };
-    let store = Arc::new(PgStore::open(config).await.unwrap());
+    let store = one_slot(&db, false).await;
     // The one batch slot is held up reading the locked records while the two requests queue behind it.
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let mut held = holder.begin().await.unwrap();
@@ -313,4 +305,12 @@ async fn requests_of_one_batch_keep_their_order_in_time() {
     let (created, closed) = (replaced.history[0].at, replaced.history[1].at);
     assert!(closed > created, "closed at {closed}, created at {created}");
     assert_eq!(store.batch_fallbacks(), 0);
+}
+
+/// A store whose writes go through one batch slot.
+async fn one_slot(db: &ScratchDb, events: bool) -> Arc<PgStore> {
+    let mut config = PgConfig::new(&db.url);
+    config.events = events;
+    config.batching = Batching { max_batch: 64, concurrent: 1 };
+    Arc::new(PgStore::open(config).await.unwrap())
 }
