@@ -300,7 +300,7 @@ async fn requests_of_one_batch_keep_their_order_in_time() {
     let first = first.await.unwrap().unwrap();
     let second = second.await.unwrap().unwrap();
     assert_eq!((first.result, second.result), (CreateResult::Created, CreateResult::Replaced));
-    assert_eq!(second.closed_record_ids, [first.id.clone()]);
+    assert_eq!(second.closed_record_ids, std::slice::from_ref(&first.id));
     let replaced = store.get(RecordType::Lead, &first.id).await.unwrap().unwrap();
     let (created, closed) = (replaced.history[0].at, replaced.history[1].at);
     assert!(closed > created, "closed at {closed}, created at {created}");
