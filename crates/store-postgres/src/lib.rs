@@ -183,7 +183,7 @@ async fn applied(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await.unwrap_or(0)
 }
 
-/// How long a connection may sit in the pool before it is pinged on its way out (see [`PgStore::open`]).
+/// How long a connection may sit in the pool before it is pinged on its way out (see [`pool_options`]).
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// A pool of at most `max` connections, pinged before use only after sitting idle.
