@@ -335,4 +335,21 @@ mod tests {
         let temp: i64 = conn.query_row("PRAGMA temp_store", [], |r| r.get(0)).unwrap();
         assert_eq!(temp, 2, "temp_store = MEMORY");
     }
+
+    #[test]
+    fn sqlite_is_built_with_the_options_of_cargo_config() {
+        // `.cargo/config.toml` hands these to libsqlite3-sys; a build that missed them (run from outside the
+        // workspace, say) would be slower, not wrong, so only this test would notice.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    }
 }
