@@ -195,11 +195,10 @@ async fn authorize(state: &AppState, role: Role, mut request: Request, next: Nex
         return ApiError::Unauthenticated.into_response();
     };
     let channel = key.channel;
-    tracing::Span::current().record("channel", channel.as_str());
+    super::request_id::set_channel(channel.as_str());
     if key.role != role {
         return ApiError::WrongRole.into_response();
     }
-    super::request_id::set_channel(channel.as_str());
     request.extensions_mut().insert(Caller(Some(channel)));
     next.run(request).await
 }

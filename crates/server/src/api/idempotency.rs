@@ -37,7 +37,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{check_head, read_body};
 use super::overload::Admitted;
-use super::{request_id, AppState};
+use super::AppState;
 use tracing::Instrument;
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -243,14 +243,13 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
             let claim = Claimed { store: state.store.clone(), key, holder, settled: false };
             // The request runs to the end and its answer is recorded even if the client goes away or the
             // request timeout fires: a retry then gets the replay rather than a second run.
-            let id = request_id::current().unwrap_or_default();
             let lease = state.idempotency_lease;
             let run = async move {
                 let response = run_and_record(claim, lease, next, request).await;
                 drop(admitted);
                 response
             };
-            let run = request_id::scope(id, run).in_current_span();
+            let run = crate::telemetry::request::carry(run).in_current_span();
             match tokio::spawn(run).await {
                 Ok(response) => response,
                 Err(_) => ApiError::Internal.into_response(), // it panicked; the claim was released on drop

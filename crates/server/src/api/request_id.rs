@@ -1,14 +1,15 @@
 //! Request ids and the per-request log line.
 //!
 //! Every response carries `X-Request-Id`: the caller's if it sent a valid one (1–128 of
-//! `A-Z a-z 0-9 . _ : -`), else a new UUID. The id is held in a task-local for the request's lifetime, so
-//! problem documents, history rows and every log line of the request (through its span) carry the same id.
+//! `A-Z a-z 0-9 . _ : -`), else a new UUID. The id is held in the request's task-local context
+//! (`telemetry::request`) for the request's lifetime, so problem documents, history rows and every log line
+//! of the request carry the same id.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,31 +17,20 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use tracing::Instrument;
 
 use super::error::ApiError;
+use crate::telemetry::request;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What a request's work and its log line share: the id, and the channel of the caller's API key once the
-/// auth layer has found it.
-struct Shared {
-    id: String,
-    channel: OnceLock<String>,
-}
-
-tokio::task_local! {
-    static REQUEST: Arc<Shared>;
-}
-
 /// The current request's id, inside a request.
 pub fn current() -> Option<String> {
-    REQUEST.try_with(|shared| shared.id.clone()).ok()
+    request::current_id()
 }
 
-/// Names the caller's channel in the current request's log line (the auth layer, once the key is known).
+/// Names the caller's channel in the current request's lines (the auth layer, once the key is known).
 pub fn set_channel(channel: &str) {
-    let _ = REQUEST.try_with(|shared| shared.channel.set(channel.to_owned()));
+    request::set_channel(channel);
 }
 
 fn valid(id: &str) -> bool {
@@ -48,17 +38,17 @@ fn valid(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// The layer of every route: assigns the id, opens the request's span (matched route, never the raw path,
-/// which may carry a record id), logs one line and counts the request in the metrics when it ends, and
-/// echoes the id.
+/// The layer of every route: assigns the id, runs the request in its context (id, method, matched route,
+/// never the raw path, which may carry a record id), logs one line and counts the request in the metrics
+/// when it ends, and echoes the id.
 ///
 /// It also bounds the whole request, body reading included, by `timeout` (408 beyond it), so a stalled
 /// client cannot hold a connection (or a shutdown) forever, and turns a panic below it into a 500 (logged
-/// in the request's span), so a bug answers like any internal error instead of dropping the connection.
+/// in the request's context), so a bug answers like any internal error instead of dropping the connection.
 ///
 /// A `tower::Layer` of its own rather than `axum::middleware::from_fn`: a `from_fn` layer boxes the
-/// service below it and its own future again on every request, and with one future, one task-local scope
-/// and one span for all of it, this layer runs on every request of every route at the cost of one box.
+/// service below it and its own future again on every request, and with one future and one task-local scope
+/// for all of it, this layer runs on every request of every route at the cost of one box.
 /// Panics are caught here too (`futures_util`'s `catch_unwind`) rather than by tower-http's `CatchPanic`
 /// layer, which boxed every response body twice more (and axum then once again).
 #[derive(Debug, Clone, Copy)]
@@ -116,24 +106,9 @@ where
             }
         };
         let route = request.extensions().get::<MatchedPath>().cloned();
-        // `&str` fields, not `%` (Display) ones: a formatter records a string directly, a Display value
-        // through the formatting machinery.
-        let span = tracing::info_span!(
-            "request",
-            request_id = id.as_str(),
-            method = request.method().as_str(),
-            route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
-            channel = tracing::field::Empty
-        );
-        let shared = Arc::new(Shared { id, channel: OnceLock::new() });
-        let line = RequestLine {
-            shared: shared.clone(),
-            method: request.method().clone(),
-            route,
-            started: Instant::now(),
-            status: None,
-        };
-        // The routes below do their work when polled, so all of it runs in the scope and span set up here.
+        let context = request::Context::new(id, request.method().clone(), route);
+        let line = RequestLine { context: context.clone(), started: Instant::now(), status: None };
+        // The routes below do their work when polled, so all of it runs in the context set up here.
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
         let limit = self.timeout;
         let run = async move {
@@ -155,7 +130,7 @@ where
         };
         Box::pin(async move {
             let mut line = line; // the whole line, not only the field set below: it logs when dropped
-            let mut response = REQUEST.scope(shared, run.instrument(span)).await;
+            let mut response = request::scope(context, run).await;
             line.status = Some(response.status().as_u16());
             if let Some(header) = header {
                 response.headers_mut().insert(X_REQUEST_ID.clone(), header);
@@ -173,17 +148,10 @@ fn new_id() -> String {
     uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
 
-/// Runs `f` with `id` as the current request id (for work a request hands to another task).
-pub fn scope<F: Future>(id: String, f: F) -> impl Future<Output = F::Output> {
-    REQUEST.scope(Arc::new(Shared { id, channel: OnceLock::new() }), f)
-}
-
 /// The request's one log line and its metrics, written when the request ends, however it ends: a client
 /// that goes away mid-request drops the handler, and the line then says `cancelled` (status 499).
 struct RequestLine {
-    shared: Arc<Shared>,
-    method: axum::http::Method,
-    route: Option<MatchedPath>,
+    context: Arc<request::Context>,
     started: Instant,
     status: Option<u16>,
 }
@@ -192,14 +160,11 @@ impl Drop for RequestLine {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let status = self.status.unwrap_or(499);
-        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        crate::observability::http_request(self.method.as_str(), route, status, elapsed);
+        let context = &self.context;
+        let (id, method, route, channel) = (context.id(), context.method(), context.route(), context.channel());
+        crate::observability::http_request(method, route, status, elapsed);
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        // The line carries the request's fields itself rather than through the request's span: for an event
-        // inside a span, the JSON formatter parses the span's stored fields again and re-serializes them.
-        // (Profiled under wrk on `/health/live`: the line's event was about 8 % of the service's CPU.)
-        let (id, method) = (self.shared.id.as_str(), self.method.as_str());
-        let channel = self.shared.channel.get().map_or("", String::as_str);
+        // The line carries the request's fields itself: it is written once the request's context has ended.
         match self.status {
             Some(_) => {
                 tracing::info!(request_id = id, method, route, channel, status, latency_ms, "request completed")
@@ -305,6 +270,7 @@ mod tests {
         let below = tower::service_fn(|_: Request| async {
             super::set_channel("MOBILE_APP");
             tracing::info!("inside");
+            tracing::info_span!("store", operation = "create").in_scope(|| tracing::info!("in a store call"));
             Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
         });
         let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
@@ -313,11 +279,21 @@ mod tests {
 
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(lines[0]["message"], "inside");
-        assert_eq!(lines[0]["span"]["request_id"], "r-line");
-        assert_eq!(lines[0]["span"]["route"], "unmatched");
-        let line = &lines[1];
+        assert_eq!(
+            lines[0]["span"],
+            serde_json::json!({"request_id": "r-line", "method": "GET", "route": "unmatched",
+                               "channel": "MOBILE_APP", "name": "request"})
+        );
+        // A span inside the request nests under the request's fields and names the line.
+        assert_eq!(lines[1]["message"], "in a store call");
+        assert_eq!(
+            lines[1]["span"],
+            serde_json::json!({"request_id": "r-line", "method": "GET", "route": "unmatched",
+                               "channel": "MOBILE_APP", "operation": "create", "name": "store"})
+        );
+        let line = &lines[2];
         assert_eq!(line["message"], "request completed");
         for (field, value) in
             [("request_id", "r-line"), ("method", "GET"), ("route", "unmatched"), ("channel", "MOBILE_APP")]
@@ -327,6 +303,35 @@ mod tests {
         assert_eq!(line["status"], 201);
         assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
         assert!(line.get("span").is_none(), "the line carries its fields itself: {line}");
+    }
+
+    #[tokio::test]
+    async fn the_human_format_appends_the_request_to_lines_inside_it() {
+        use tower::{Layer, ServiceExt};
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber =
+            crate::telemetry::subscriber(crate::config::LogFormat::Compact, filter, move || writer.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        tracing::info!("outside");
+        let below = tower::service_fn(|_: Request| async {
+            super::set_channel("LENDING");
+            tracing::info!("inside");
+            Ok::<_, Infallible>(axum::http::StatusCode::NO_CONTENT)
+        });
+        let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
+        service.oneshot(request(Some("r-human"))).await.unwrap();
+
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("outside") && !lines[0].contains("request_id="), "{text}");
+        assert!(
+            lines[1].contains("inside")
+                && lines[1].ends_with(" request_id=r-human method=GET route=unmatched channel=LENDING"),
+            "{text}"
+        );
     }
 
     #[test]

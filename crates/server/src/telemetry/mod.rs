@@ -1,5 +1,5 @@
-//! Structured logs: JSON lines by default (one object per event, with the request's span fields, so every
-//! line carries its `request_id`), or a compact human format.
+//! Structured logs: JSON lines by default (one object per event, with the request's fields under `span`, so
+//! every line carries its `request_id`), or a compact human format.
 //!
 //! Lines are written by a dedicated thread through a buffer (tracing-appender's non-blocking writer): a
 //! request formats its line and hands it over, instead of taking the stdout lock and making a `write`
@@ -11,6 +11,7 @@
 //! while the service is quiet (stdout alone would make one `write` per line).
 
 mod json;
+pub mod request;
 
 pub use json::{JsonFields, JsonLines};
 use tracing::Subscriber;
@@ -30,7 +31,10 @@ where
     let builder = fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => Box::new(builder.fmt_fields(json::JsonFields).event_format(json::JsonLines).finish()),
-        LogFormat::Compact => Box::new(builder.compact().finish()),
+        LogFormat::Compact => {
+            let compact = fmt::format().compact();
+            Box::new(builder.event_format(request::Appended(compact)).finish())
+        }
     }
 }
 
