@@ -11,10 +11,8 @@
 
 use std::fmt;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{header, request::Parts};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use lifecycle::Channel;
 use sha2::{Digest, Sha256};
@@ -175,32 +173,24 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Middleware on the channels' routes: a channel key.
-pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    authorize(&state, Role::Channel, request, next).await
-}
-
-/// Middleware on the reports' routes: a reporting key.
-pub async fn reporting_layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    authorize(&state, Role::Reporting, request, next).await
-}
-
-/// Lets the request through with a known key of `role`; with no keys configured (open, on loopback only),
-/// lets every request through.
-async fn authorize(state: &AppState, role: Role, mut request: Request, next: Next) -> Response {
+/// Admits a request with a known key of `role`, naming its channel in the request's log lines and putting
+/// its [`Caller`] in the request's extensions; with no keys configured (open, on loopback only), admits
+/// every request. Otherwise the refusal: 401 for a missing or unknown key, 403 for a key of the other role.
+/// Part of the routes' admission (`super::admission`).
+pub fn admit(state: &AppState, role: Role, request: &mut Request) -> Result<(), ApiError> {
     if state.api_keys.is_empty() {
-        return next.run(request).await;
+        return Ok(());
     }
-    let Some(key) = bearer(&request).and_then(|key| state.api_keys.authenticate(key)).cloned() else {
-        return ApiError::Unauthenticated.into_response();
+    let Some(key) = bearer(request).and_then(|key| state.api_keys.authenticate(key)).cloned() else {
+        return Err(ApiError::Unauthenticated);
     };
     let channel = key.channel;
     super::request_id::set_channel(channel.as_str());
     if key.role != role {
-        return ApiError::WrongRole.into_response();
+        return Err(ApiError::WrongRole);
     }
     request.extensions_mut().insert(Caller(Some(channel)));
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]

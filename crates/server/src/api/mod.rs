@@ -2,6 +2,7 @@
 //! stack, and the OpenAPI 3.1 document generated from the handlers' annotations, as the configuration
 //! serves it (see [`openapi`]).
 
+pub mod admission;
 pub mod answer;
 pub mod auth;
 pub mod dashboard;
@@ -151,9 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/search"), post(handlers::search))
         .route_layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), overload::rate_limit))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), admission::channels))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
                 // The bodies are read by `extract::read_body`, which enforces the limit itself; this tells
                 // axum's own body extractors the same limit, should a handler ever use one.
@@ -166,9 +165,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{API_INT}/reports/handovers"), get(reports::handovers))
         .route(&format!("{API_INT}/reports/stale"), get(reports::stale))
         .route_layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(state.in_flight.clone(), overload::shed))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), auth::reporting_layer)),
+            ServiceBuilder::new().layer(axum::middleware::from_fn_with_state(state.clone(), admission::reporting)),
         )
         .with_state(state.clone());
     let operations = Router::new()

@@ -5,9 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,22 +19,21 @@ pub fn rate_limiter(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<DefaultKey
     Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)))
 }
 
-/// First middleware of the API routes: admits a request only while fewer than the bound are in flight;
-/// otherwise answers 503 `OVERLOADED` at once, before reading the body. Health, metrics and docs are not
-/// counted, so an overloaded replica still answers its orchestrator.
+/// First of the routes' admission (`super::admission`): admits a request only while fewer than the bound
+/// are in flight; otherwise answers 503 `OVERLOADED` at once, before reading the body. Health, metrics and
+/// docs are not counted, so an overloaded replica still answers its orchestrator.
 ///
 /// The request's place is an [`Admitted`] in its extensions: work that outlives the answer (an idempotent
-/// run that goes on after a 408) keeps a clone, and still counts until it ends.
-pub async fn shed(State(in_flight): State<Arc<Semaphore>>, mut request: Request, next: Next) -> Response {
-    let Ok(permit) = in_flight.try_acquire_owned() else {
+/// run that goes on after a 408) keeps a clone, and still counts until it ends. The caller keeps the one
+/// returned until the request is answered.
+pub fn admit(in_flight: &Arc<Semaphore>, request: &mut Request) -> Result<Admitted, ApiError> {
+    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total").increment(1);
-        return ApiError::Overloaded.into_response();
+        return Err(ApiError::Overloaded);
     };
     let admitted = Admitted(Arc::new((permit, InFlight::enter())));
     request.extensions_mut().insert(admitted.clone());
-    let response = next.run(request).await;
-    drop(admitted);
-    response
+    Ok(admitted)
 }
 
 /// A request's place among those in flight (its permit, and its count in `http_requests_in_flight`),
@@ -61,10 +58,10 @@ impl Drop for InFlight {
 }
 
 /// On the API routes, after authentication: one bucket per channel (the API key's; all open callers share
-/// one bucket when the service runs without keys).
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// one bucket when the service runs without keys). Otherwise the refusal: 429 with `Retry-After`.
+pub fn check_rate(state: &AppState, request: &Request) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limit else {
-        return next.run(request).await;
+        return Ok(());
     };
     let channel = request
         .extensions()
@@ -75,7 +72,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     if let Err(not_until) = limiter.check_key(&channel) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         metrics::counter!("http_requests_rate_limited_total", "channel" => channel).increment(1);
-        return ApiError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }.into_response();
+        return Err(ApiError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) });
     }
-    next.run(request).await
+    Ok(())
 }
