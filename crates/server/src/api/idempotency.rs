@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -202,8 +202,8 @@ async fn run_and_record(mut claim: Claimed, lease: Duration, next: Next, request
     Response::from_parts(parts, Body::from(body))
 }
 
-/// Middleware on the API routes.
-pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Runs an admitted request of the API routes (`super::admission`) under its `Idempotency-Key`, if it has one.
+pub async fn apply(state: AppState, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }

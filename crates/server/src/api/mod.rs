@@ -153,7 +153,6 @@ pub fn router(state: AppState) -> Router {
         .route_layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn_with_state(state.clone(), admission::channels))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
                 // The bodies are read by `extract::read_body`, which enforces the limit itself; this tells
                 // axum's own body extractors the same limit, should a handler ever use one.
                 .layer(DefaultBodyLimit::max(extract::BODY_LIMIT)),
