@@ -1,15 +1,15 @@
 //! The request-body edge: content type, size and JSON syntax, in that order (415, 413, 400). What passes
-//! is a `serde_json::Value` for [`super::fields`] to validate field by field (422).
+//! is a [`Json`] document for [`super::fields`] to validate field by field (422).
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts};
 use http_body_util::LengthLimitError;
-use serde_json::Value;
 
 use super::dto::RecordId;
 use super::error::ApiError;
+use super::fields::Json;
 
 /// The largest request body (SPEC §2): 64 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -20,8 +20,15 @@ pub fn declared_too_large(headers: &axum::http::HeaderMap) -> bool {
     declared.is_some_and(|n| n > BODY_LIMIT as u64)
 }
 
-/// A JSON request body, checked for content type, size and syntax.
-pub struct JsonBody(pub Value);
+/// A request body checked for content type and size; [`JsonBody::json`] reads it (400 for bad syntax), its
+/// strings borrowed from the body.
+pub struct JsonBody(Bytes);
+
+impl JsonBody {
+    pub fn json(&self) -> Result<Json<'_>, ApiError> {
+        Json::parse(&self.0).map_err(|e| ApiError::Malformed(e.to_string()))
+    }
+}
 
 /// The checks of a request head, in the order every route applies them (with or without an
 /// `Idempotency-Key`): 415 for a content type other than JSON, then 413 for a declared length over the
@@ -70,8 +77,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         check_head(req.headers())?;
-        let bytes = read_body(req.into_body()).await?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::Malformed(e.to_string()))
+        read_body(req.into_body()).await.map(JsonBody)
     }
 }
 

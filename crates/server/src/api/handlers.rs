@@ -74,9 +74,9 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     claimed: Claimed,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let request = parse_create(&body)?;
+    let request = parse_create(&body.json()?)?;
     caller.check(&request.channel)?;
     let ctx = context(request.channel.clone(), None, Write::Create, claimed);
     let outcome = state.store.create(&request, &ctx).await.map_err(|e| ApiError::from_store(e, "record"))?;
@@ -98,9 +98,9 @@ pub async fn close_won(
     State(state): State<AppState>,
     caller: Caller,
     claimed: Claimed,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let cmd = parse_close_won(&body)?;
+    let cmd = parse_close_won(&body.json()?)?;
     caller.check(&cmd.channel)?;
     let ctx = context(cmd.channel, cmd.reason, Write::CloseWon, claimed);
     let outcome = state
@@ -127,9 +127,9 @@ pub async fn close_lost_opportunity(
     State(state): State<AppState>,
     caller: Caller,
     claimed: Claimed,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    close_lost(&state, &caller, claimed, &body, RecordType::Opportunity).await
+    close_lost(&state, &caller, claimed, &body.json()?, RecordType::Opportunity).await
 }
 
 /// Close Lost a Lead (an NTB customer rejected by the credit bureau or AML checks).
@@ -146,9 +146,9 @@ pub async fn close_lost_lead(
     State(state): State<AppState>,
     caller: Caller,
     claimed: Claimed,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    close_lost(&state, &caller, claimed, &body, RecordType::Lead).await
+    close_lost(&state, &caller, claimed, &body.json()?, RecordType::Lead).await
 }
 
 /// SPEC §2.3–2.4: the two close-lost operations differ only in the record type and its id field.
@@ -156,7 +156,7 @@ async fn close_lost(
     state: &AppState,
     caller: &Caller,
     claimed: Claimed,
-    body: &serde_json::Value,
+    body: &super::fields::Json<'_>,
     record_type: RecordType,
 ) -> Result<Response, ApiError> {
     let id_field = match record_type {
@@ -214,8 +214,8 @@ pub async fn get_opportunity(
     params(IdempotencyKeyHeader),
     responses((status = 200, description = "Matching records", body = SearchResponse), BodyErrors)
 )]
-pub async fn search(State(state): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<SearchResponse>, ApiError> {
-    let (id_number, product) = parse_search(&body)?;
+pub async fn search(State(state): State<AppState>, body: JsonBody) -> Result<Json<SearchResponse>, ApiError> {
+    let (id_number, product) = parse_search(&body.json()?)?;
     let result =
         state.store.search(&id_number, product.as_ref()).await.map_err(|e| ApiError::from_store(e, "record"))?;
     Ok(Json(result.into()))

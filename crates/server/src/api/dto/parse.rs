@@ -2,14 +2,12 @@
 //! offending field is named (SPEC §4). The rules are the domain types' own; [`super::schema`] states them
 //! in the document.
 
+use crate::api::error::ApiError;
+use crate::api::fields::{Fields, Json};
 use lifecycle::{
     Channel, Cif, CreateRequest, Customer, CustomerType, Email, FullName, IdNumber, Invalid, JourneyId, OwnerId, Phone,
     Product, Reason, RecordType, Status,
 };
-use serde_json::Value;
-
-use crate::api::error::ApiError;
-use crate::api::fields::Fields;
 
 /// A record's id as a request names it (a body field or a path segment). Ids are opaque, assigned by the
 /// backend, but bounded: 1–128 characters without control characters, taken as they are (not trimmed).
@@ -30,7 +28,7 @@ impl RecordId {
     }
 }
 
-pub fn parse_create(body: &Value) -> Result<CreateRequest, ApiError> {
+pub fn parse_create(body: &Json<'_>) -> Result<CreateRequest, ApiError> {
     let mut f = Fields::default();
     let root = f.root(body);
     let customer_type = f.required(root, "customerType", CustomerType::parse);
@@ -72,7 +70,7 @@ pub struct CloseWonCommand {
     pub reason: Option<Reason>,
 }
 
-pub fn parse_close_won(body: &Value) -> Result<CloseWonCommand, ApiError> {
+pub fn parse_close_won(body: &Json<'_>) -> Result<CloseWonCommand, ApiError> {
     let mut f = Fields::default();
     let root = f.root(body);
     let lead = f.optional(root, "leadId", RecordId::parse);
@@ -104,7 +102,7 @@ pub struct CloseLostCommand {
     pub reason: Option<Reason>,
 }
 
-pub fn parse_close_lost(body: &Value, id_field: &str) -> Result<CloseLostCommand, ApiError> {
+pub fn parse_close_lost(body: &Json<'_>, id_field: &str) -> Result<CloseLostCommand, ApiError> {
     let mut f = Fields::default();
     let root = f.root(body);
     let id = f.required(root, id_field, RecordId::parse);
@@ -121,7 +119,7 @@ pub fn parse_close_lost(body: &Value, id_field: &str) -> Result<CloseLostCommand
     Ok(CloseLostCommand { id, channel, reason })
 }
 
-pub fn parse_search(body: &Value) -> Result<(IdNumber, Option<Product>), ApiError> {
+pub fn parse_search(body: &Json<'_>) -> Result<(IdNumber, Option<Product>), ApiError> {
     let mut f = Fields::default();
     let root = f.root(body);
     let id_number = f.required(root, "idNumber", IdNumber::parse);
@@ -141,7 +139,27 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-    use super::*;
+    use super::{CloseLostCommand, CloseWonCommand, CreateRequest, CustomerType, IdNumber, Product};
+    use crate::api::error::ApiError;
+    use crate::api::fields::Json;
+
+    /// The parsers as the handlers run them: on the body's text read as [`Json`].
+    fn read<T>(v: &Value, parse: impl FnOnce(&Json<'_>) -> T) -> T {
+        let text = serde_json::to_vec(v).unwrap();
+        parse(&Json::parse(&text).unwrap())
+    }
+    fn parse_create(v: &Value) -> Result<CreateRequest, ApiError> {
+        read(v, super::parse_create)
+    }
+    fn parse_close_won(v: &Value) -> Result<CloseWonCommand, ApiError> {
+        read(v, super::parse_close_won)
+    }
+    fn parse_close_lost(v: &Value, id_field: &str) -> Result<CloseLostCommand, ApiError> {
+        read(v, |j| super::parse_close_lost(j, id_field))
+    }
+    fn parse_search(v: &Value) -> Result<(IdNumber, Option<Product>), ApiError> {
+        read(v, super::parse_search)
+    }
 
     fn any_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
