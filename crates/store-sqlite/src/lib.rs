@@ -135,7 +135,11 @@ impl SqliteStore {
     pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
         ensure_folder(&config.path)?;
         let mut conn = connect(&config.path)?;
-        schema::migrate(&mut conn, &config.path)?;
+        if schema::migrate(&mut conn, &config.path)? > 0 {
+            // A connection of its own for the writer, reading the schema as the migrations left it (see
+            // `schema::MIGRATIONS`: one rewrites a table's rules in place, unseen by the connection that did).
+            conn = connect(&config.path)?;
+        }
         schema::check_matching(&conn, &config.path, config.matching)?;
         writer::size_cache(&conn).map_err(|source| OpenError::Open { path: config.path.clone(), source })?;
         // The writer runs more distinct statements (operations, outbox, idempotency keys, savepoints) than
