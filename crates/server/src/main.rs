@@ -56,11 +56,10 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        let align = layout.align();
-        if align <= PLAIN_ALIGN {
+        if plain(layout) {
             unsafe { libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast() }
         } else {
-            unsafe { libmimalloc_sys::mi_realloc_aligned(ptr.cast(), new_size, align).cast() }
+            unsafe { libmimalloc_sys::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast() }
         }
     }
 }

@@ -185,7 +185,7 @@ pub fn admit(state: &AppState, role: Role, request: &mut Request) -> Result<(), 
         return Err(ApiError::Unauthenticated);
     };
     let channel = key.channel;
-    super::request_id::set_channel(channel.as_str());
+    crate::telemetry::request::set_channel(channel.as_str());
     if key.role != role {
         return Err(ApiError::WrongRole);
     }

@@ -11,8 +11,6 @@ use serde::Serialize;
 use store::StoreError;
 use utoipa::ToSchema;
 
-use super::request_id;
-
 /// One offending field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
@@ -263,7 +261,7 @@ impl IntoResponse for ApiError {
                 }
                 _ => Vec::new(),
             },
-            request_id: request_id::current().unwrap_or_default(),
+            request_id: crate::telemetry::request::current_id().unwrap_or_default(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();

@@ -18,7 +18,7 @@ use super::dto::*;
 use super::error::{ApiError, Problem};
 use super::extract::{JsonBody, RecordIdPath};
 use super::responses::{BodyErrors, CrmErrors, ReadErrors, TransitionErrors};
-use super::{request_id, AppState};
+use super::AppState;
 use crate::observability;
 
 /// The `Idempotency-Key` request header every POST accepts (SPEC §4).
@@ -42,7 +42,7 @@ fn context(
     write: Write,
     claimed: Claimed,
 ) -> RequestContext {
-    let mut ctx = RequestContext::new(request_id::current().unwrap_or_default(), channel, reason);
+    let mut ctx = RequestContext::new(crate::telemetry::request::current_id().unwrap_or_default(), channel, reason);
     ctx.idempotency = write.ticket(claimed.map(|Extension(t)| t));
     ctx
 }

@@ -23,16 +23,6 @@ use crate::telemetry::request;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The current request's id, inside a request.
-pub fn current() -> Option<String> {
-    request::current_id()
-}
-
-/// Names the caller's channel in the current request's lines (the auth layer, once the key is known).
-pub fn set_channel(channel: &str) {
-    request::set_channel(channel);
-}
-
 fn valid(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -268,7 +258,7 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
         // What the auth layer does once it knows the key, and a line logged inside the request.
         let below = tower::service_fn(|_: Request| async {
-            super::set_channel("MOBILE_APP");
+            crate::telemetry::request::set_channel("MOBILE_APP");
             tracing::info!("inside");
             tracing::info_span!("store", operation = "create").in_scope(|| tracing::info!("in a store call"));
             Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
@@ -316,7 +306,7 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
         tracing::info!("outside");
         let below = tower::service_fn(|_: Request| async {
-            super::set_channel("LENDING");
+            crate::telemetry::request::set_channel("LENDING");
             tracing::info!("inside");
             Ok::<_, Infallible>(axum::http::StatusCode::NO_CONTENT)
         });
