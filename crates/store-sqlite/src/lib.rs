@@ -44,6 +44,7 @@ use store::{
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+pub use reports::recount_from_history;
 pub use schema::MIGRATIONS;
 
 /// Settings of the embedded store.

@@ -18,34 +18,43 @@ use crate::writer::Settings;
 pub(crate) fn snapshot_sql(customer_type: CustomerType) -> &'static str {
     match customer_type {
         CustomerType::Ntb => {
-            "SELECT id, record_type, owner_id FROM records
+            "SELECT id, record_type, owner_id, channel, product FROM records
              WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity')
              ORDER BY seq DESC"
         }
         CustomerType::Etb => {
-            "SELECT id, record_type, owner_id FROM records
+            "SELECT id, record_type, owner_id, channel, product FROM records
              WHERE match_key = ?1 AND status IN ('New Lead', 'New Opportunity') AND record_type = 'OPPORTUNITY'
              ORDER BY seq DESC"
         }
     }
 }
 
-/// The open records a create for `customer_type` sees (ETB: the opportunity alone).
-fn snapshot(tx: &Transaction<'_>, key: &str, customer_type: CustomerType) -> Result<Snapshot, StoreError> {
+/// Where a record came from, as the reports count it: its channel and product.
+struct Origin {
+    channel: String,
+    product: String,
+}
+
+/// The open records a create for `customer_type` sees (ETB: the opportunity alone), and the origin of each.
+fn snapshot(
+    tx: &Transaction<'_>,
+    key: &str,
+    customer_type: CustomerType,
+) -> Result<(Snapshot, Vec<Origin>), StoreError> {
     let mut stmt = tx.prepare_cached(snapshot_sql(customer_type)).map_err(error)?;
-    let rows = stmt
-        .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
-        .map_err(error)?;
-    let mut open = Vec::new();
-    for row in rows {
-        let (id, record_type, owner) = row.map_err(error)?;
+    let mut rows = stmt.query([key]).map_err(error)?;
+    let (mut open, mut origins) = (Vec::new(), Vec::new());
+    while let Some(r) = rows.next().map_err(error)? {
+        let record_type: String = r.get(1).map_err(error)?;
         open.push(OpenRecord {
-            id,
+            id: r.get(0).map_err(error)?,
             record_type: RecordType::parse(&record_type).map_err(StoreError::internal)?,
-            owner_id: OwnerId::from_stored(owner),
+            owner_id: OwnerId::from_stored(r.get(2).map_err(error)?),
         });
+        origins.push(Origin { channel: r.get(3).map_err(error)?, product: r.get(4).map_err(error)? });
     }
-    Ok(Snapshot { open })
+    Ok((Snapshot { open }, origins))
 }
 
 fn history(
@@ -76,6 +85,38 @@ fn history(
     Ok(())
 }
 
+/// Adds a close-lost change, made at `at`, of a record from `origin` to the rejections report's count for its
+/// day, reason, channel and product (docs/reports.md). Every close-lost history row is counted here.
+fn count_rejection(tx: &Transaction<'_>, at: &str, reason: Option<&Reason>, origin: &Origin) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO report_rejections (source, day, reason, channel, product, n)
+         VALUES ('records', substr(?1, 1, 10), COALESCE(?2, ''), ?3, ?4, 1)
+         ON CONFLICT DO UPDATE SET n = n + 1",
+    )
+    .and_then(|mut s| s.execute(params![at, reason.map(Reason::as_str), origin.channel, origin.product]))
+    .map_err(error)?;
+    Ok(())
+}
+
+/// Adds a hand-over, at `at`, of a record from `origin` from its owner to the owner of the record that replaced
+/// it, to the hand-overs report's count for the day, the two owners, the channel and the product.
+fn count_handover(
+    tx: &Transaction<'_>,
+    at: &str,
+    from: &OwnerId,
+    to: &OwnerId,
+    origin: &Origin,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO report_handovers (source, day, from_owner, to_owner, channel, product, n)
+         VALUES ('records', substr(?1, 1, 10), ?2, ?3, ?4, ?5, 1)
+         ON CONFLICT DO UPDATE SET n = n + 1",
+    )
+    .and_then(|mut s| s.execute(params![at, from.as_str(), to.as_str(), origin.channel, origin.product]))
+    .map_err(error)?;
+    Ok(())
+}
+
 /// Moves an open record to a final status; `false` when it was no longer open (it cannot happen under the
 /// single writer, but the condition keeps the update honest).
 fn set_status(tx: &Transaction<'_>, id: &str, from: Status, to: Status, at: &str) -> Result<bool, StoreError> {
@@ -98,7 +139,7 @@ pub(crate) fn create(
     now: OffsetDateTime,
 ) -> Result<CreateOutcome, StoreError> {
     let key = request.match_key(settings.matching);
-    let snapshot = snapshot(tx, key.expose(), request.customer_type)?;
+    let (snapshot, origins) = snapshot(tx, key.expose(), request.customer_type)?;
     let plan = plan_create(request.customer_type, &request.owner_id, &snapshot);
     let result = plan.result();
     match plan {
@@ -119,6 +160,14 @@ pub(crate) fn create(
                     return Err(StoreError::internal(format!("record {id} changed under the writer")));
                 }
                 history(tx, id, Some(open), Status::CloseLost, &at, ctx, Some(&owner_changed))?;
+                // The plan closes only records of the snapshot, each of the new record's type.
+                let i = snapshot
+                    .open
+                    .iter()
+                    .position(|r| r.id == *id)
+                    .ok_or_else(|| StoreError::internal("closed a record it did not read"))?;
+                count_rejection(tx, &at, Some(&owner_changed), &origins[i])?;
+                count_handover(tx, &at, &snapshot.open[i].owner_id, &request.owner_id, &origins[i])?;
             }
             let id = new_id();
             let c = &request.customer;
@@ -165,25 +214,32 @@ pub(crate) fn create(
     }
 }
 
-/// The record a close names, and what its events need of it: its matching key, owner and product.
+/// The record a close names, and what its events and the reports need of it: its matching key, owner, channel
+/// and product.
 struct Found {
     target: Target,
     key: String,
     owner: OwnerId,
-    product: Product,
+    origin: Origin,
 }
 
-type TargetRow = (String, Option<String>, String, String, String);
+impl Found {
+    fn product(&self) -> Product {
+        Product::from_stored(self.origin.product.clone())
+    }
+}
+
+type TargetRow = (String, Option<String>, String, String, String, String);
 
 fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Found, StoreError> {
-    let (status, converted, key, owner, product): TargetRow = tx
+    let (status, converted, key, owner, channel, product): TargetRow = tx
         .prepare_cached(
-            "SELECT status, converted_opportunity_id, match_key, owner_id, product FROM records
+            "SELECT status, converted_opportunity_id, match_key, owner_id, channel, product FROM records
              WHERE id = ?1 AND record_type = ?2",
         )
         .and_then(|mut s| {
             s.query_row(params![id, record_type.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()
         })
@@ -198,7 +254,7 @@ fn target(tx: &Transaction<'_>, record_type: RecordType, id: &str) -> Result<Fou
         },
         key,
         owner: OwnerId::from_stored(owner),
-        product: Product::from_stored(product),
+        origin: Origin { channel, product },
     })
 }
 
@@ -241,7 +297,7 @@ pub(crate) fn close_won(
             }
             let outcome = CloseWonOutcome::won(&t);
             if settings.events {
-                let changes = events::on_close_won(&found.target, &found.owner, &found.product, ctx, &outcome);
+                let changes = events::on_close_won(&found.target, &found.owner, &found.product(), ctx, &outcome);
                 outbox::write(tx, &found.key, &changes, ctx, now)?;
             }
             Ok(outcome)
@@ -266,8 +322,9 @@ pub(crate) fn close_lost(
             let at = format_time(now);
             set_status(tx, id, t.status, Status::CloseLost, &at)?;
             history(tx, id, Some(t.status), Status::CloseLost, &at, ctx, ctx.reason.as_ref())?;
+            count_rejection(tx, &at, ctx.reason.as_ref(), &found.origin)?;
             if settings.events {
-                let changes = events::on_close_lost(t, &found.owner, &found.product, ctx);
+                let changes = events::on_close_lost(t, &found.owner, &found.product(), ctx);
                 outbox::write(tx, &found.key, &changes, ctx, now)?;
             }
         }

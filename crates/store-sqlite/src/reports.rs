@@ -315,3 +315,26 @@ impl Reports for Reporter {
         self.readers.run(move |conn| stale(conn, s, &query)).await
     }
 }
+
+/// Counts the rejections and hand-overs of this store's own history from scratch, in place of what the writer
+/// added up as it wrote (migration 0011): for a store whose history was written in bulk with plain SQL, as
+/// `report_timing` loads one. The same statements as migration 0008's first count.
+pub fn recount_from_history(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "DELETE FROM report_rejections WHERE source = 'records';
+         DELETE FROM report_handovers WHERE source = 'records';
+         INSERT INTO report_rejections (source, day, reason, channel, product, n)
+         SELECT 'records', substr(h.at, 1, 10), COALESCE(h.reason, ''), r.channel, r.product, COUNT(*)
+         FROM history h JOIN records r ON r.id = h.record_id
+         WHERE h.to_status = 'Close Lost'
+         GROUP BY 2, 3, 4, 5;
+         INSERT INTO report_handovers (source, day, from_owner, to_owner, channel, product, n)
+         SELECT 'records', substr(h.at, 1, 10), o.owner_id, nw.owner_id, o.channel, o.product, COUNT(*)
+         FROM history h
+         JOIN records o ON o.id = h.record_id
+         JOIN records nw ON nw.match_key = o.match_key AND nw.record_type = o.record_type AND nw.created_at = h.at
+                          AND nw.id <> o.id
+         WHERE h.to_status = 'Close Lost' AND h.reason = 'OWNER_CHANGED'
+         GROUP BY 2, 3, 4, 5, 6;",
+    )
+}

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0008_report_rollups", include_str!("../migrations/0008_report_rollups.sql")),
     ("0009_drop_key_creation_index", include_str!("../migrations/0009_drop_key_creation_index.sql")),
     ("0010_checks_without_in_lists", include_str!("../migrations/0010_checks_without_in_lists.sql")),
+    ("0011_history_counts_in_writer", include_str!("../migrations/0011_history_counts_in_writer.sql")),
 ];
 
 /// A migration that rewrites a CREATE statement in `sqlite_schema` itself (SQLite's procedure for a change

@@ -126,6 +126,8 @@ async fn open(url: &str, n: u64, load: bool) -> Box<dyn Reports> {
         for rest in statements {
             conn.execute_batch(rest).expect("load history");
         }
+        // The counts the writer adds up as it writes (migration 0011), for the history loaded here.
+        store_sqlite::recount_from_history(&conn).expect("count the rejections and hand-overs");
         conn.execute_batch("COMMIT; ANALYZE;").expect("commit");
         return Box::new(store);
     }
