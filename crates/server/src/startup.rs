@@ -14,7 +14,7 @@ use store_salesforce::SalesforceStore;
 use store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::config::{Settings, StoreUrl};
 use crate::connections;
 use crate::observability::{self, Instrumented};
@@ -181,7 +181,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let backend = Opened::open(settings).await?;
         let relay = settings.events.as_ref().map(|events| Relay::start(backend.outbox(), relay_config(events)));
-        let state = AppState {
+        let state = AppState::new(Shared {
             store: Arc::new(Instrumented(backend.port())),
             request_timeout: settings.request_timeout,
             // Renewed every third of it while the run is alive (see api::idempotency), so it bounds only how
@@ -192,7 +192,7 @@ impl Application {
             rate_limit: settings.rate_limit.map(|(rate, burst)| api::overload::rate_limiter(rate, burst)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
             events: relay.as_ref().map(Relay::status_handle),
-        };
+        });
         observability::handle();
         let purge = housekeeping(state.store.clone(), settings.idempotency_ttl);
         let router = api::router(state);

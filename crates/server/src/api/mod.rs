@@ -34,9 +34,27 @@ pub const API_INT: &str = "/integration-service/int/api/crm/v1";
 /// Prefix of the close-lost operations, which have no `/int` segment (SPEC §2.3–2.4).
 pub const API_PUBLIC: &str = "/integration-service/api/crm/v1";
 
-/// What every handler shares.
+/// What every handler shares: one reference-counted value, so that the copies axum makes for each request
+/// (its middleware and every handler take the state by value) cost one atomic count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The contents of [`AppState`].
+pub struct Shared {
     pub store: Arc<dyn Backend>,
     /// Longest a request may take, body included.
     pub request_timeout: Duration,

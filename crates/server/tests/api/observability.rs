@@ -53,6 +53,10 @@ async fn requests_beyond_the_in_flight_bound_are_shed_at_once() {
     for path in ["/health/live", "/health/ready", "/metrics"] {
         assert_eq!(app.get(path).await.status(), 200, "{path}");
     }
+    // The waiting request counts among those in flight (the gauge is the process's, shared with the tests
+    // running beside this one, so only its lower bound is known).
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(value(&text, "http_requests_in_flight") >= 1.0, "{text}");
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, _) = app.create(&ntb("M2", "CARD", "RM001")).await;
