@@ -307,6 +307,7 @@ struct Rec {
     status: Status,
     owner: OwnerId,
     product: Product,
+    channel: String,
     converted: Option<String>,
 }
 
@@ -395,6 +396,17 @@ struct Rows<'a> {
     history_request: Vec<&'a str>,
     history_channel: Vec<&'a str>,
     history_reason: Vec<Option<&'a str>>,
+    // The reports' daily counts (migration 0012): a close-lost change, from its record's channel and product,
+    // and a hand-over, from the closed record's owner to the new record's.
+    rejected_at: Vec<OffsetDateTime>,
+    rejected_reason: Vec<&'a str>,
+    rejected_channel: Vec<String>,
+    rejected_product: Vec<String>,
+    handed_at: Vec<OffsetDateTime>,
+    handed_from: Vec<String>,
+    handed_to: Vec<&'a str>,
+    handed_channel: Vec<String>,
+    handed_product: Vec<String>,
     // Answers kept for idempotency keys.
     answer_key: Vec<&'a str>,
     answer_holder: Vec<&'a str>,
@@ -423,6 +435,23 @@ impl<'a> Rows<'a> {
         self.history_request.push(&ctx.request_id);
         self.history_channel.push(ctx.channel.as_str());
         self.history_reason.push(reason.map(Reason::as_str));
+    }
+
+    /// Counts a close-lost change of `rec` at `at` among the rejections.
+    fn rejected(&mut self, rec: &Rec, at: OffsetDateTime, reason: Option<&'a Reason>) {
+        self.rejected_at.push(at);
+        self.rejected_reason.push(reason.map_or("", Reason::as_str));
+        self.rejected_channel.push(rec.channel.clone());
+        self.rejected_product.push(rec.product.as_str().to_owned());
+    }
+
+    /// Counts the hand-over of `rec`, closed at `at` for a record of `to`.
+    fn handed(&mut self, rec: &Rec, to: &'a OwnerId, at: OffsetDateTime) {
+        self.handed_at.push(at);
+        self.handed_from.push(rec.owner.as_str().to_owned());
+        self.handed_to.push(to.as_str());
+        self.handed_channel.push(rec.channel.clone());
+        self.handed_product.push(rec.product.as_str().to_owned());
     }
 
     /// Ends the row of the record just pushed onto the `made_` columns.
@@ -469,6 +498,7 @@ type Read = (
     Option<String>,
     Option<String>,
     Option<OffsetDateTime>,
+    Option<String>,
 );
 
 /// Each request's answer, or `None` for one that runs again alone.
@@ -538,13 +568,15 @@ async fn together(w: &Writer, jobs: &[Job], starting: Starting) -> Result<Answer
 async fn read(conn: &mut sqlx::PgConnection, create_keys: &[String], named: &[&str]) -> Result<Vec<Read>, Stop> {
     let rows: Vec<Read> = sqlx::query_as(
         "SELECT c.at, r.id, r.match_key, r.record_type, r.status, r.owner_id, r.product,
-             r.converted_opportunity_id, r.updated_at
+             r.converted_opportunity_id, r.updated_at, r.channel
          FROM (SELECT clock_timestamp() AS at) AS c
          LEFT JOIN (
-             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at
+             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at,
+                 channel
              FROM records WHERE match_key = ANY($1) AND status IN ('New Lead', 'New Opportunity')
              UNION
-             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at
+             SELECT seq, id, match_key, record_type, status, owner_id, product, converted_opportunity_id, updated_at,
+                 channel
              FROM records WHERE id = ANY($2)
          ) AS r ON true
          ORDER BY r.seq DESC",
@@ -562,9 +594,9 @@ async fn read(conn: &mut sqlx::PgConnection, create_keys: &[String], named: &[&s
 /// The batch's records, as the read found them.
 fn model(rows: &[Read]) -> Result<Model, Stop> {
     let mut model = Model::default();
-    for (_, id, key, record_type, status, owner, product, converted, _) in rows {
-        let (Some(id), Some(key), Some(record_type), Some(status), Some(owner), Some(product)) =
-            (id, key, record_type, status, owner, product)
+    for (_, id, key, record_type, status, owner, product, converted, _, channel) in rows {
+        let (Some(id), Some(key), Some(record_type), Some(status), Some(owner), Some(product), Some(channel)) =
+            (id, key, record_type, status, owner, product, channel)
         else {
             continue;
         };
@@ -579,6 +611,7 @@ fn model(rows: &[Read]) -> Result<Model, Stop> {
             status,
             owner: OwnerId::from_stored(owner.clone()),
             product: Product::from_stored(product.clone()),
+            channel: channel.clone(),
             converted: converted.clone(),
         };
         model.records.insert(id.clone(), rec);
@@ -718,6 +751,10 @@ fn plan_one_create<'a>(
     for closed in &close {
         out.change(closed, open, Status::CloseLost, at, None);
         out.history(closed, Some(open), Status::CloseLost, at, ctx, Some(&OWNER_CHANGED));
+        // The plan closes only records of the snapshot, which the model holds.
+        let rec = model.records.get(closed).ok_or_else(|| StoreError::internal("closed a record it did not read"))?;
+        out.rejected(rec, at, Some(&OWNER_CHANGED));
+        out.handed(rec, &request.owner_id, at);
         model.close(closed, Status::CloseLost, None);
     }
     let c = &request.customer;
@@ -746,6 +783,7 @@ fn plan_one_create<'a>(
             status: open,
             owner: request.owner_id.clone(),
             product: request.product.clone(),
+            channel: request.channel.as_str().to_owned(),
             converted: None,
         },
     );
@@ -838,6 +876,7 @@ fn plan_one_close_lost<'a>(
         CloseLostPlan::Lose => {
             out.change(id, before.status, Status::CloseLost, at, None);
             out.history(id, Some(before.status), Status::CloseLost, at, ctx, ctx.reason.as_ref());
+            out.rejected(rec, at, ctx.reason.as_ref());
             model.close(id, Status::CloseLost, None);
             if events {
                 let changes = events::on_close_lost(&before, &owner, &product, ctx);
@@ -919,6 +958,21 @@ async fn write_rows(conn: &mut sqlx::PgConnection, out: &Rows<'_>, locks: &[i64]
                  AS a (key, holder, status, content_type, location, body)
              WHERE k.key = a.key AND k.holder = a.holder AND k.state = 'running' AND (SELECT ok FROM go)
              RETURNING 1
+         ), rejected AS (
+             -- The reports' daily counts (migration 0012), appended as the history's trigger did.
+             INSERT INTO report_rejections_new (source, day, reason, channel, product, n)
+             SELECT 'records', (x.at AT TIME ZONE 'UTC')::date, x.reason, x.channel, x.product, count(*)
+             FROM unnest($38::timestamptz[], $39::text[], $40::text[], $41::text[]) AS x (at, reason, channel, product)
+             WHERE (SELECT ok FROM go)
+             GROUP BY 2, 3, 4, 5
+         ), handed AS (
+             INSERT INTO report_handovers_new (source, day, from_owner, to_owner, channel, product, n)
+             SELECT 'records', (x.at AT TIME ZONE 'UTC')::date, x.from_owner, x.to_owner, x.channel, x.product,
+                 count(*)
+             FROM unnest($42::timestamptz[], $43::text[], $44::text[], $45::text[], $46::text[])
+                 AS x (at, from_owner, to_owner, channel, product)
+             WHERE (SELECT ok FROM go)
+             GROUP BY 2, 3, 4, 5, 6
          ), counts AS (
              SELECT (SELECT count(*) FROM changed) AS changed, (SELECT count(*) FROM made) AS made,
                  (SELECT count(*) FROM written) AS written
@@ -969,6 +1023,15 @@ async fn write_rows(conn: &mut sqlx::PgConnection, out: &Rows<'_>, locks: &[i64]
     .bind(&out.made_updated_at)
     .bind(&out.made_converted)
     .bind(locks)
+    .bind(&out.rejected_at)
+    .bind(&out.rejected_reason)
+    .bind(&out.rejected_channel)
+    .bind(&out.rejected_product)
+    .bind(&out.handed_at)
+    .bind(&out.handed_from)
+    .bind(&out.handed_to)
+    .bind(&out.handed_channel)
+    .bind(&out.handed_product)
     .fetch_one(&mut *conn)
     .await?;
     Ok(busy)

@@ -161,7 +161,13 @@ fn options(config: &PgConfig) -> Result<PgConnectOptions, OpenError> {
         .application_name("integration-service")
         // READ COMMITTED, whatever the database's default: after waiting for a key's lock, each statement
         // must see what the previous holder committed (a snapshot taken before the wait would not).
-        .options([("statement_timeout", timeout.as_str()), ("default_transaction_isolation", "read\\ committed")]))
+        // `crm.counts_by_writer`: this release's write statements add the reports' daily counts themselves,
+        // so the history's trigger leaves this session's rows to them (migration 0012).
+        .options([
+            ("statement_timeout", timeout.as_str()),
+            ("default_transaction_isolation", "read\\ committed"),
+            ("crm.counts_by_writer", "on"),
+        ]))
 }
 
 /// Applies pending migrations and returns how many were applied.

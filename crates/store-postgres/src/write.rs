@@ -182,7 +182,17 @@ pub(crate) async fn create(
         "WITH closed AS (
              UPDATE records SET status = 'Close Lost', updated_at = $15
              WHERE id = ANY($16) AND status = $3
-             RETURNING id
+             RETURNING id, owner_id, channel, product
+         ), rejected AS (
+             -- The reports' daily counts (migration 0012): each replaced record is a close-lost change and a
+             -- hand-over to the new record's owner. Nothing of the statement stays unless all of it does.
+             INSERT INTO report_rejections_new (source, day, reason, channel, product, n)
+             SELECT 'records', ($15 AT TIME ZONE 'UTC')::date, $18, channel, product, count(*)
+             FROM closed GROUP BY channel, product
+         ), handed AS (
+             INSERT INTO report_handovers_new (source, day, from_owner, to_owner, channel, product, n)
+             SELECT 'records', ($15 AT TIME ZONE 'UTC')::date, owner_id, $5, channel, product, count(*)
+             FROM closed GROUP BY owner_id, channel, product
          ), created AS (
              INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, cif,
                  full_name, phone, email, product, channel, journey_id, created_at, updated_at)
@@ -391,7 +401,12 @@ pub(crate) async fn close_lost(
                 "WITH lost AS (
                      UPDATE records SET status = 'Close Lost', updated_at = $3
                      WHERE id = $1 AND status = $2
-                     RETURNING id
+                     RETURNING id, channel, product
+                 ), rejected AS (
+                     -- The rejections' daily count (migration 0012).
+                     INSERT INTO report_rejections_new (source, day, reason, channel, product, n)
+                     SELECT 'records', ($3 AT TIME ZONE 'UTC')::date, COALESCE($6, ''), channel, product, 1
+                     FROM lost
                  )
                  INSERT INTO history (record_id, from_status, to_status, at, request_id, channel, reason)
                  SELECT id, $2, 'Close Lost', $3, $4, $5, $6 FROM lost
