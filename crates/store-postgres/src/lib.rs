@@ -21,6 +21,7 @@
 //! the CRM (see `sidecar`).
 
 mod batch;
+pub mod check;
 mod idempotency;
 mod outbox;
 mod read;

@@ -6,39 +6,11 @@ use lifecycle::{Channel, CreateResult, CustomerType, Reason, RecordType};
 use sqlx::{Connection, PgConnection};
 use store::contract::request;
 use store::{RequestContext, Store};
+use store_postgres::check::{COUNTS_FROM_HISTORY, COUNTS_KEPT};
 use store_postgres::scratch::ScratchDb;
 use store_postgres::{Batching, PgConfig, PgStore};
 
-/// Every count of this store's own records, folded and not yet folded, added up per row of the report.
-const KEPT: &str = "
-    SELECT 'rejection' AS kind, day::text, reason AS a, '' AS b, channel, product, sum(n)::bigint
-    FROM (SELECT * FROM report_rejections UNION ALL SELECT * FROM report_rejections_new) x
-    WHERE source = 'records' GROUP BY day, reason, channel, product
-    UNION ALL
-    SELECT 'handover', day::text, from_owner, to_owner, channel, product, sum(n)::bigint
-    FROM (SELECT * FROM report_handovers UNION ALL SELECT * FROM report_handovers_new) x
-    WHERE source = 'records' GROUP BY day, from_owner, to_owner, channel, product
-    ORDER BY 1, 2, 3, 4, 5, 6";
-
-/// The same, counted from the history itself (as migration 0008 counted what a store already held).
-const RECOUNTED: &str = "
-    SELECT 'rejection' AS kind, (h.at AT TIME ZONE 'UTC')::date::text, COALESCE(h.reason, '') AS a, '' AS b,
-        r.channel, r.product, count(*)::bigint
-    FROM history h JOIN records r ON r.id = h.record_id
-    WHERE h.to_status = 'Close Lost'
-    GROUP BY 2, 3, 4, 5, 6
-    UNION ALL
-    SELECT 'handover', (h.at AT TIME ZONE 'UTC')::date::text, o.owner_id, nw.owner_id, o.channel, o.product,
-        count(*)::bigint
-    FROM history h
-    JOIN records o ON o.id = h.record_id
-    JOIN records nw ON nw.match_key = o.match_key AND nw.record_type = o.record_type AND nw.created_at = h.at
-        AND nw.id <> o.id
-    WHERE h.to_status = 'Close Lost' AND h.reason = 'OWNER_CHANGED'
-    GROUP BY 2, 3, 4, 5, 6
-    ORDER BY 1, 2, 3, 4, 5, 6";
-
-type Row = (String, String, String, String, String, String, i64);
+use store_postgres::check::CountRow as Row;
 
 /// Runs 400 changes of every kind, several at once so that batches gather them, and returns how many records
 /// creates closed and how many close-losts were made.
@@ -102,8 +74,8 @@ async fn counts_match_the_history(batching: Batching) {
     let store = PgStore::open(config).await.unwrap();
     let (replaced, lost) = run(&store).await;
     assert!(replaced > 20 && lost > 20, "replaced {replaced}, lost {lost}");
-    let kept: Vec<Row> = sqlx::query_as(KEPT).fetch_all(store.pool()).await.unwrap();
-    let recounted: Vec<Row> = sqlx::query_as(RECOUNTED).fetch_all(store.pool()).await.unwrap();
+    let kept: Vec<Row> = sqlx::query_as(COUNTS_KEPT).fetch_all(store.pool()).await.unwrap();
+    let recounted: Vec<Row> = sqlx::query_as(COUNTS_FROM_HISTORY).fetch_all(store.pool()).await.unwrap();
     let total = |kind: &str| kept.iter().filter(|r| r.0 == kind).map(|r| r.6).sum::<i64>() as usize;
     assert_eq!(total("handover"), replaced, "hand-overs");
     assert_eq!(total("rejection"), replaced + lost, "rejections");

@@ -48,6 +48,7 @@ fn two_replicas_keep_the_invariant() {
     assert!(count("acknowledged close-losts") > 0, "{out}");
     assert!(count("leads in the database") > 0, "{out}");
     assert!(count("idempotent replays checked") > 0, "{out}");
+    assert!(count("rows of the reports' counts checked against the history") > 0, "{out}");
 }
 
 #[test]
@@ -55,4 +56,5 @@ fn the_check_fails_when_the_invariant_is_broken() {
     let (code, out) = run(&["--sabotage"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("VIOLATION") && out.contains("open LEAD records for key RC0000/CARD"), "{out}");
+    assert!(out.contains("the reports' counts") && out.contains("SABOTAGE"), "{out}");
 }

@@ -52,8 +52,8 @@ struct Args {
     /// Keep the database afterwards, for inspection
     #[arg(long)]
     keep: bool,
-    /// Break the database before checking (drop the unique index, add a second open record), to show the
-    /// check fails when the invariant does
+    /// Break the database before checking (drop the unique index, add a second open record, add a count no
+    /// change made), to show the check fails when the invariant does
     #[arg(long, hide = true)]
     sabotage: bool,
 }
@@ -71,6 +71,13 @@ async fn sabotage(pool: &PgPool) -> Result<(), sqlx::Error> {
         "INSERT INTO records (id, record_type, status, match_key, owner_id, customer_type, id_number, product,
              channel, created_at, updated_at)
          SELECT 'sabotage2', 'LEAD', 'New Lead', 'RC0000/CARD', 'RM998', 'NTB', 'RC0000', 'CARD', 'X', now(), now()",
+    )
+    .execute(pool)
+    .await?;
+    // A count no change made.
+    sqlx::query(
+        "INSERT INTO report_rejections_new (source, day, reason, channel, product, n)
+         VALUES ('records', current_date, 'SABOTAGE', 'X', 'CARD', 1)",
     )
     .execute(pool)
     .await?;
@@ -281,6 +288,15 @@ async fn check(pool: &PgPool, acks: &[Ack]) -> Result<(Checker, HashMap<&'static
     }
     let keys: i64 = sqlx::query_scalar("SELECT count(DISTINCT match_key) FROM records").fetch_one(pool).await?;
     counts.insert("keys checked for duplicate open records", keys as usize);
+
+    // The reports' daily counts: each change counted once, by whichever replica or batch wrote it, and
+    // nothing counted for a batch that was overtaken and wrote nothing.
+    let kept: Vec<store_postgres::check::CountRow> =
+        sqlx::query_as(store_postgres::check::COUNTS_KEPT).fetch_all(pool).await?;
+    let recounted: Vec<store_postgres::check::CountRow> =
+        sqlx::query_as(store_postgres::check::COUNTS_FROM_HISTORY).fetch_all(pool).await?;
+    c.expect(kept == recounted, || format!("the reports' counts {kept:?} differ from the history's {recounted:?}"));
+    counts.insert("rows of the reports' counts checked against the history", recounted.len());
 
     let backwards: i64 =
         sqlx::query_scalar("SELECT count(*) FROM records WHERE updated_at < created_at").fetch_one(pool).await?;
