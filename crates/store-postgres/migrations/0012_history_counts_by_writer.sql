@@ -1,13 +1,15 @@
 -- The reports' daily counts (0008) are now appended by the service's own write statements
 -- (`crates/store-postgres/src/batch.rs` and `write.rs`), in the statement that writes the change they count,
--- instead of by the statement trigger on the history (0009, 0010). That trigger cost about a sixth of
--- PostgreSQL's CPU in the benchmark's mix: it looked every new history row's record up again, and the
--- rows of a creation also in the history, to find the few that change a count.
+-- instead of by the statement trigger on the history (0009, 0010). That trigger looked every new history
+-- row's record up again, and a creation's replaced records in the history, to find the few rows that change
+-- a count: about a sixth of PostgreSQL's CPU in the benchmark's mix, measured by dropping it.
 --
 -- It stays, for a writer that does not count: a replica of an earlier release, still running during a
 -- rolling upgrade, or a program that writes the history itself. The service opens every connection with
 -- `crm.counts_by_writer = on` (`crates/store-postgres/src/lib.rs`), and the trigger returns at once for
--- those; any other session is counted by it as before.
+-- those; any other session is counted by it as before. Returning at once, it still costs its call and the
+-- statement's transition table, so a later release, which no replica older than this one can run beside,
+-- drops it.
 CREATE OR REPLACE FUNCTION history_counts_per_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('crm.counts_by_writer', true) = 'on' THEN
