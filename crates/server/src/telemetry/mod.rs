@@ -1,21 +1,18 @@
 //! Structured logs: JSON lines by default (one object per event, with the request's fields under `span`, so
 //! every line carries its `request_id`), or a compact human format.
 //!
-//! Lines are written by a dedicated thread through a buffer (tracing-appender's non-blocking writer): a
-//! request formats its line and hands it over, instead of taking the stdout lock and making a `write`
-//! system call of its own. Under load that was the largest cost of a request that does no I/O (the profile
-//! of `/health/live` showed the handler threads blocked in `writev` on stdout). Nothing is dropped: when
-//! the writer falls behind, requests wait for room (`lossy(false)`); the returned guard flushes what is
-//! buffered when the process ends. The writer thread gathers the lines waiting for it in a buffer and
-//! writes them with one system call, flushing whenever no line is waiting, so a line is never held back
-//! while the service is quiet (stdout alone would make one `write` per line).
+//! Lines are written by a dedicated thread (the `lines` module): a request formats its line and appends
+//! it to a buffer, instead of taking the stdout lock and making a `write` system call of its own. Under
+//! load that was the largest cost of a request that does no I/O (the profile of `/health/live` showed the
+//! handler threads blocked in `writev` on stdout). Nothing is dropped: when the writer falls behind,
+//! requests wait for room; the returned guard writes what is left when the process ends.
 
 mod json;
+pub mod lines;
 pub mod request;
 
 pub use json::{JsonFields, JsonLines};
 use tracing::Subscriber;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
@@ -39,14 +36,18 @@ where
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides `filter`. Safe to call more than once. Keep the
-/// guard until the process exits: dropping it flushes the buffered lines.
-pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
+/// guard until the process exits: dropping it writes the lines still waiting. Without a thread for the
+/// lines (the system refused one), each line is written to stdout by its request.
+pub fn init(format: LogFormat, filter: &str) -> Option<lines::Guard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let _ = subscriber(format, filter, writer).try_init();
-    guard
+    match lines::spawn(std::io::stdout()) {
+        Ok((writer, guard)) => {
+            let _ = subscriber(format, filter, writer).try_init();
+            Some(guard)
+        }
+        Err(_) => {
+            let _ = subscriber(format, filter, std::io::stdout).try_init();
+            None
+        }
+    }
 }
