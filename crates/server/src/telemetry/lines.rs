@@ -29,6 +29,8 @@ struct State {
     pending: Vec<u8>,
     /// The writer found nothing and waits to be woken.
     sleeping: bool,
+    /// Requests waiting for room (the buffer past `LIMIT`); only then does a write need to wake anyone.
+    waiting_for_room: usize,
     closed: bool,
 }
 
@@ -69,7 +71,7 @@ pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(Lines, Guard
 fn run<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
     loop {
-        {
+        let closed = {
             let mut state = shared.lock();
             while state.pending.is_empty() {
                 if state.closed {
@@ -81,8 +83,11 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
             }
             state.sleeping = false;
             std::mem::swap(&mut state.pending, &mut batch);
-        }
-        shared.room.notify_all();
+            if state.waiting_for_room > 0 {
+                shared.room.notify_all();
+            }
+            state.closed
+        };
         // A failing stdout (closed by the reader) must not stop the service: the lines are lost, as they
         // would be with a direct write.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
@@ -90,7 +95,7 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
         if batch.capacity() > LIMIT / 8 {
             batch = Vec::new(); // a burst's buffer is not kept for ever
         }
-        if !shared.lock().closed {
+        if !closed {
             std::thread::sleep(PAUSE);
         }
     }
@@ -116,7 +121,9 @@ impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.lock();
         while state.pending.len() >= LIMIT && !state.closed {
+            state.waiting_for_room += 1;
             state = self.shared.room.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.waiting_for_room -= 1;
         }
         state.pending.extend_from_slice(buf);
         if state.sleeping {
