@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
 use super::error::ApiError;
-use crate::telemetry::request;
+use crate::telemetry::{self, request};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -153,24 +153,18 @@ impl Drop for RequestLine {
         let context = &self.context;
         let (id, method, route, channel) = (context.id(), context.method(), context.route(), context.channel());
         crate::observability::http_request(method, route, status, elapsed);
-        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        // The line carries the request's fields itself: it is written once the request's context has ended.
-        match self.status {
-            Some(_) => {
-                tracing::info!(request_id = id, method, route, channel, status, latency_ms, "request completed")
-            }
-            None => {
-                tracing::info!(
-                    request_id = id,
-                    method,
-                    route,
-                    channel,
-                    status,
-                    latency_ms,
-                    "request cancelled by the client"
-                )
-            }
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
         }
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+        let message = if self.status.is_some() { "request completed" } else { "request cancelled by the client" };
+        let line = telemetry::RequestLine { message, id, method, route, channel, status, latency_ms };
+        if telemetry::write_request_line(module_path!(), &line) {
+            return;
+        }
+        // Any other subscriber: the same line as an event. It carries the request's fields itself: it is
+        // written once the request's context has ended.
+        tracing::info!(request_id = id, method, route, channel, status, latency_ms, "{message}");
     }
 }
 
@@ -293,6 +287,70 @@ mod tests {
         assert_eq!(line["status"], 201);
         assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
         assert!(line.get("span").is_none(), "the line carries its fields itself: {line}");
+    }
+
+    /// One request through the layer under `subscriber`, with a channel that needs escaping.
+    async fn one_request(subscriber: Box<dyn tracing::Subscriber + Send + Sync>) {
+        use tower::{Layer, ServiceExt};
+        let _default = tracing::subscriber::set_default(subscriber);
+        let below = tower::service_fn(|_: Request| async {
+            crate::telemetry::request::set_channel("CARDS \"x\"");
+            Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
+        });
+        let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
+        service.oneshot(request(Some("r-fast:1"))).await.unwrap();
+    }
+
+    /// The binary's subscriber has the request line written by `telemetry::write_request_line`, any other
+    /// one through tracing: the two lines are the same text but for the instant and the latency.
+    #[tokio::test]
+    async fn the_fast_request_line_is_the_events_line() {
+        use crate::config::LogFormat;
+        use crate::telemetry::{self, lines};
+        let filter = || tracing_subscriber::EnvFilter::new("info");
+        let direct = telemetry::RequestLine {
+            message: "m",
+            id: "i",
+            method: "GET",
+            route: "/r",
+            channel: "",
+            status: 200,
+            latency_ms: 1.5,
+        };
+        let written =
+            |subscriber| tracing::subscriber::with_default(subscriber, || telemetry::write_request_line("t", &direct));
+
+        let fast = Capture::default();
+        let (writer, guard) = lines::spawn(fast.clone()).unwrap();
+        assert!(written(telemetry::subscriber(LogFormat::Json, filter(), writer.clone())));
+        one_request(telemetry::subscriber(LogFormat::Json, filter(), writer)).await;
+        drop(guard); // writes what is waiting
+
+        let slow = Capture::default();
+        let writer = slow.clone();
+        let capture = telemetry::subscriber(LogFormat::Json, filter(), move || writer.clone());
+        assert!(!written(capture), "not the binary's subscriber");
+        let writer = slow.clone();
+        one_request(telemetry::subscriber(LogFormat::Json, filter(), move || writer.clone())).await;
+        let (writer, _guard) = lines::spawn(std::io::sink()).unwrap();
+        assert!(!written(telemetry::subscriber(LogFormat::Compact, filter(), writer)), "not the JSON format");
+
+        // The last line, without the instant and the latency, which differ from one request to the next.
+        let comparable = |capture: &Capture| {
+            let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+            let line = text.lines().last().unwrap_or_default().to_owned();
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let (at, latency) = (json["timestamp"].as_str().unwrap(), json["latency_ms"].to_string());
+            (text.clone(), line.replace(at, "T").replace(&format!(":{latency},"), ":L,"))
+        };
+        let (fast_text, fast_line) = comparable(&fast);
+        let (_, slow_line) = comparable(&slow);
+        assert_eq!(fast_text.lines().count(), 2, "{fast_text}");
+        assert!(fast_text.starts_with("{\"timestamp\":\""), "{fast_text}");
+        assert!(fast_text.contains(r#","status":200,"latency_ms":1.5,"target":"t"}"#), "{fast_text}");
+        assert_eq!(fast_line, slow_line);
+        assert!(fast_line.contains(r#""request_id":"r-fast:1","#), "{fast_line}");
+        assert!(fast_line.contains(r#""channel":"CARDS \"x\"","#), "{fast_line}");
     }
 
     #[tokio::test]

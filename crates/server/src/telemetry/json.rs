@@ -49,7 +49,7 @@ thread_local! {
 
 /// Runs `f` on this thread's cleared buffer, or on a new one if that is in use (a field's `Debug` that logs
 /// while a line is being written) or gone (a thread's last words).
-fn with_buffer<R>(f: impl FnOnce(&mut String) -> R) -> R {
+pub(super) fn with_buffer<R>(f: impl FnOnce(&mut String) -> R) -> R {
     let mut f = Some(f);
     let reused = BUFFER.try_with(|cell| {
         let mut buffer = cell.try_borrow_mut().ok()?;
@@ -121,6 +121,35 @@ where
             writer.write_str(out)
         })
     }
+}
+
+/// A request's closing line (`api::request_id`), as [`JsonLines`] writes the event
+/// `tracing::info!(request_id, method, route, channel, status, latency_ms, "<message>")` of `target`, outside
+/// any span: the same keys in the same order.
+pub(super) fn request_line(out: &mut String, target: &str, line: &super::RequestLine<'_>) {
+    out.push_str("{\"timestamp\":\"");
+    timestamp(out, std::time::SystemTime::now());
+    out.push_str("\",\"level\":\"INFO\",\"message\":");
+    string(out, line.message);
+    out.push_str(",\"request_id\":");
+    string(out, line.id);
+    out.push_str(",\"method\":");
+    string(out, line.method);
+    out.push_str(",\"route\":");
+    string(out, line.route);
+    out.push_str(",\"channel\":");
+    string(out, line.channel);
+    out.push_str(",\"status\":");
+    out.push_str(itoa::Buffer::new().format(line.status));
+    out.push_str(",\"latency_ms\":");
+    if line.latency_ms.is_finite() {
+        out.push_str(zmij::Buffer::new().format_finite(line.latency_ms));
+    } else {
+        out.push_str("null");
+    }
+    out.push_str(",\"target\":");
+    string(out, target);
+    out.push_str("}\n");
 }
 
 /// Writes `"name":value` pairs, separated by commas (the first one too, unless `first`).
