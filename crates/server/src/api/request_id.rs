@@ -255,6 +255,7 @@ mod tests {
             crate::telemetry::request::set_channel("MOBILE_APP");
             tracing::info!("inside");
             tracing::info_span!("store", operation = "create").in_scope(|| tracing::info!("in a store call"));
+            tokio::time::sleep(Duration::from_millis(1_050)).await;
             Ok::<_, Infallible>(axum::http::StatusCode::CREATED)
         });
         let service = super::RequestLayer::new(Duration::from_secs(5)).layer(below);
@@ -285,7 +286,9 @@ mod tests {
             assert_eq!(line[field], value, "{line}");
         }
         assert_eq!(line["status"], 201);
-        assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        // In milliseconds: the handler slept 1 050 ms, past a whole second, so that a latency in another unit,
+        // or wrapped below a second, fails.
+        assert!(line["latency_ms"].as_f64().is_some_and(|ms| (1_050.0..60_000.0).contains(&ms)), "{line}");
         assert!(line.get("span").is_none(), "the line carries its fields itself: {line}");
     }
 
