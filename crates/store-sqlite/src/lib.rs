@@ -25,6 +25,7 @@ mod read;
 mod reports;
 mod schema;
 mod sidecar;
+mod vfs;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -93,12 +94,22 @@ pub struct SqliteStore {
     reruns: Arc<AtomicU64>,
 }
 
+/// A connection that writes: the writer's, and the migrations'. It opens through [`vfs`], which joins the
+/// WAL's writes and is sound only because every commit here is synced (`synchronous = FULL`, below).
 fn connect(path: &Path) -> Result<Connection, OpenError> {
-    let conn = Connection::open_with_flags(
+    let open_error = |source| OpenError::Open { path: path.to_owned(), source };
+    let vfs = vfs::register().map_err(|rc| {
+        open_error(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("cannot register the WAL's VFS".into()),
+        ))
+    })?;
+    let conn = Connection::open_with_flags_and_vfs(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        vfs,
     )
-    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+    .map_err(open_error)?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it is acknowledged.
     // temp_store MEMORY: the statement and savepoint journals (which only undo a failed statement or job
     // inside its batch, and are never needed after a crash: the WAL makes commits durable) stay in memory;
@@ -110,7 +121,7 @@ fn connect(path: &Path) -> Result<Connection, OpenError> {
          PRAGMA busy_timeout = 5000;
          PRAGMA temp_store = MEMORY;",
     )
-    .map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+    .map_err(open_error)?;
     Ok(conn)
 }
 
