@@ -20,7 +20,7 @@
 //! both. Reader connections do not write and use the default VFS.
 //!
 //! Every other file (the database, its shared memory, temporary files) goes straight through to the default
-//! VFS, as do the WAL's reads.
+//! VFS. So do the WAL's other calls, once its buffer is written.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
@@ -66,8 +66,8 @@ static REGISTERED: OnceLock<Result<(), c_int>> = OnceLock::new();
 pub(crate) fn register() -> Result<&'static str, c_int> {
     let registered = REGISTERED.get_or_init(|| {
         // SAFETY: sqlite3_vfs_find with a null name returns the default VFS, which SQLite never frees; the
-        // VFS built here copies it but for the file size and xOpen, and is leaked, so it outlives every
-        // connection, as sqlite3_vfs_register requires.
+        // VFS built here copies it but for its name, the file size and xOpen, and is leaked, so it outlives
+        // every connection, as sqlite3_vfs_register requires.
         unsafe {
             let rc = ffi::sqlite3_initialize();
             if rc != ffi::SQLITE_OK {
