@@ -420,6 +420,34 @@ mod tests {
     }
 
     #[test]
+    fn each_file_object_has_room_for_the_default_vfs_one_after_ours() {
+        super::register().unwrap();
+        // SAFETY: both VFSes are registered and never freed.
+        let (ours, default) = unsafe {
+            (*rusqlite::ffi::sqlite3_vfs_find(super::NAME.as_ptr()), *rusqlite::ffi::sqlite3_vfs_find(std::ptr::null()))
+        };
+        assert_eq!(ours.szOsFile as usize, super::INNER_OFFSET + default.szOsFile as usize);
+        assert!(super::INNER_OFFSET >= std::mem::size_of::<super::File>());
+    }
+
+    #[test]
+    fn memory_mapped_reads_go_through_to_the_default_vfs() {
+        // The writer does not map the file, but a connection of this VFS that does must work: SQLite then
+        // calls the files' xFetch and xUnfetch.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.db");
+        let conn = writer(&path);
+        conn.execute_batch("PRAGMA mmap_size = 4194304").unwrap();
+        insert(&conn, 0, 200);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        let mapped: i64 = conn.query_row("PRAGMA mmap_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(mapped, 4_194_304);
+        assert_eq!(count(&conn), 200);
+        let lengths: i64 = conn.query_row("SELECT sum(length(body)) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(lengths, 200_000);
+    }
+
+    #[test]
     fn a_transaction_larger_than_the_cache_reads_back_the_pages_it_spilled() {
         // With a cache of 20 pages, SQLite writes changed pages to the WAL before the commit and reads them
         // back from there: those reads must see the writes still in the buffer.
