@@ -221,16 +221,19 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
     };
     let len = amount.max(0) as usize;
     let follows = pending.start + pending.bytes.len() as i64 == offset;
-    if !pending.bytes.is_empty() && (!follows || pending.bytes.len() + len > MAX_BUFFER) {
+    // A write too large to keep goes straight through, after what is kept, so that the writes still reach
+    // the file in SQLite's order.
+    let alone = len > MAX_WRITE;
+    if !pending.bytes.is_empty() && (alone || !follows || pending.bytes.len() + len > MAX_BUFFER) {
         let rc = flush(ours, inner, methods);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
     }
-    let pending = ours.pending.as_mut().expect("a WAL file keeps its buffer");
-    if len > MAX_WRITE {
+    if alone {
         return write(inner, data, amount, offset);
     }
+    let pending = ours.pending.as_mut().expect("a WAL file keeps its buffer");
     if pending.bytes.is_empty() {
         pending.start = offset;
     }
