@@ -15,7 +15,7 @@ fn run(extra: &[&str]) -> (i32, String) {
             "--requests",
             "600",
             "--keys",
-            "4",
+            "8",
             "--owners",
             "3",
             "--concurrency",

@@ -11,7 +11,7 @@
 //!
 //! It prints the counts it checked and exits 1 on any violation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
@@ -144,6 +144,9 @@ struct Sent {
 struct Known {
     leads: Vec<String>,
     opportunities: Vec<String>,
+    /// The id the last answered create gave, per customer (`idNumber`): the record likeliest to be still open.
+    latest_lead: BTreeMap<String, String>,
+    latest_opportunity: BTreeMap<String, String>,
     keyed: Vec<Sent>,
 }
 
@@ -170,7 +173,15 @@ fn plan(rng: &mut Rng, args: &Args, known: &Known, n: usize) -> (Kind, &'static 
         return (Kind::Create, CREATE, body);
     }
     let lead = known.opportunities.is_empty() || (!known.leads.is_empty() && rng.below(2) == 0);
-    let id = if lead { recent(&known.leads, rng) } else { recent(&known.opportunities, rng) };
+    // Half the closes aim at a customer's latest record, so some succeed however many creates are in flight
+    // (with few customers, most recent records have been handed over by the time a close reaches them); the
+    // other half at any recent one, most of them closed already.
+    let latest = if lead { &known.latest_lead } else { &known.latest_opportunity };
+    let id = match rng.below(2) {
+        0 if !latest.is_empty() => latest.values().nth(rng.below(latest.len())).cloned().unwrap_or_default(),
+        _ if lead => recent(&known.leads, rng),
+        _ => recent(&known.opportunities, rng),
+    };
     if roll < 80 {
         let body = if lead {
             json!({"leadId": id, "channel": "REPLICA_CHECK", "convertToOpportunity": rng.below(2) == 0})
@@ -235,13 +246,21 @@ async fn drive(args: &Args, bases: &[String]) -> Vec<Ack> {
                     }
                     Err(_) => (0, false, String::new()),
                 };
+                let sent = body;
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if kind == Kind::Create && (status == 200 || status == 201) {
                     let mut k = known.lock().unwrap();
                     let id = body["id"].as_str().unwrap_or_default().to_owned();
+                    let customer = sent["customer"]["idNumber"].as_str().unwrap_or_default().to_owned();
                     match body["recordType"].as_str() {
-                        Some("LEAD") => k.leads.push(id),
-                        _ => k.opportunities.push(id),
+                        Some("LEAD") => {
+                            k.latest_lead.insert(customer, id.clone());
+                            k.leads.push(id)
+                        }
+                        _ => {
+                            k.latest_opportunity.insert(customer, id.clone());
+                            k.opportunities.push(id)
+                        }
                     }
                 }
                 Ack { kind, request_id, status, body, text, idempotency_key: key, replayed }
