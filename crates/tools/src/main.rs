@@ -56,6 +56,10 @@ struct Args {
     /// Where the SVG chart goes
     #[arg(long, default_value = "docs/bench/bench.svg")]
     svg: PathBuf,
+    /// JSON results of earlier runs with fewer records pre-loaded, comma-separated: this run's p99 at 64
+    /// connections is compared with the median of theirs (the target of 1.5x at ten million records)
+    #[arg(long, value_delimiter = ',')]
+    baseline: Vec<PathBuf>,
 }
 
 /// One wrk run.
@@ -258,6 +262,19 @@ fn main() {
     let mix = dir.join("mix.lua");
     std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua")))
         .expect("write mix.lua");
+    // Read (and checked against this run's pre-load) before anything is measured, so a wrong path or an
+    // unfit baseline fails at once rather than after the runs.
+    let earlier: Vec<targets::Earlier> = args
+        .baseline
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("bench: cannot read {}: {e}", p.display()));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("bench: {} is not bench's JSON: {e}", p.display()))
+        })
+        .collect();
+    if let Err(e) = targets::scale(&[], args.preload, &earlier) {
+        panic!("bench: {e}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut runs: Vec<Run> = Vec::new();
     let mut mixes: Vec<Value> = Vec::new();
@@ -330,7 +347,8 @@ fn main() {
         }
         mixes.push(json!({ "store": store, "outcomes": done.iter().map(|(l, n)| json!({"labels": l, "count": n})).collect::<Vec<_>>() }));
     }
-    let reached = targets::check(&runs, args.preload);
+    let mut reached = targets::check(&runs, args.preload);
+    reached.extend(targets::scale(&runs, args.preload, &earlier).unwrap_or_else(|e| panic!("bench: {e}")));
     println!("issue 8's targets, from this run:");
     for line in targets::lines(&reached) {
         println!("{line}");

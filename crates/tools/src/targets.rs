@@ -1,9 +1,9 @@
 //! Issue 8's targets, checked against one run's figures, so that every run says which it reached.
 //!
-//! What one run cannot tell (p99 at ten million records against ten thousand needs two runs with different
-//! pre-loads) is left out; the README compares those runs by hand.
+//! The p99 at ten million records against ten thousand needs runs with different pre-loads: a run given
+//! earlier runs' JSON results (`--baseline`) compares its p99 with the median of theirs ([`scale`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Run;
 
@@ -69,6 +69,64 @@ pub fn check(runs: &[Run], preload: u64) -> Vec<Target> {
     out
 }
 
+/// What [`scale`] reads of an earlier run's JSON results.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Earlier {
+    pub preload: u64,
+    pub runs: Vec<EarlierRun>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EarlierRun {
+    pub target: String,
+    pub connections: u32,
+    pub p99_ms: f64,
+}
+
+/// The largest p99 at this run's `preload` against the median p99 of `earlier` runs, all with the same
+/// smaller pre-load, per store at 64 connections: at most 1.5×. A store that either side lacks gives no
+/// target; earlier runs with different or not smaller pre-loads are refused, since the median would mean
+/// nothing.
+pub fn scale(runs: &[Run], preload: u64, earlier: &[Earlier]) -> Result<Vec<Target>, String> {
+    let Some(first) = earlier.first() else { return Ok(Vec::new()) };
+    if earlier.iter().any(|e| e.preload != first.preload) {
+        return Err("the baseline runs pre-loaded different numbers of records".into());
+    }
+    if first.preload >= preload {
+        return Err(format!(
+            "the baseline runs pre-loaded {} records, not fewer than this run's {preload}",
+            first.preload
+        ));
+    }
+    let mut out = Vec::new();
+    for store in ["sqlite", "postgres"] {
+        let mix = format!("mix, {store}");
+        let now = runs.iter().filter(|r| r.target == mix && r.connections == LEVEL).map(|r| r.p99_ms).reduce(f64::max);
+        let mut before: Vec<f64> = earlier
+            .iter()
+            .flat_map(|e| &e.runs)
+            .filter(|r| r.target == mix && r.connections == LEVEL)
+            .map(|r| r.p99_ms)
+            .collect();
+        let (Some(now), false) = (now, before.is_empty()) else { continue };
+        before.sort_by(f64::total_cmp);
+        let mid = before.len() / 2;
+        let median = if before.len() % 2 == 1 { before[mid] } else { (before[mid - 1] + before[mid]) / 2.0 };
+        let what = format!(
+            "{store} p99 at {preload} records against {} (median of {}), c={LEVEL}",
+            first.preload,
+            before.len()
+        );
+        out.push(Target {
+            what,
+            wanted: "<= 1.5x".into(),
+            measured: format!("{:.2}x ({now:.2} / {median:.2} ms)", now / median),
+            reached: now <= 1.5 * median,
+        });
+    }
+    Ok(out)
+}
+
 /// The targets as lines of text, for the terminal.
 pub fn lines(targets: &[Target]) -> Vec<String> {
     targets
@@ -82,7 +140,7 @@ pub fn lines(targets: &[Target]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check, lines, Target};
+    use super::{check, lines, scale, Earlier, EarlierRun, Target};
     use crate::Run;
 
     fn run(target: &str, connections: u32, p99_ms: f64, rss: f64, vs_hello: Option<f64>, vs_live: Option<f64>) -> Run {
@@ -136,6 +194,51 @@ mod tests {
         assert!(p99.contains("<= 10 ms") && p99.contains("9.00 ms") && p99.ends_with(" reached"), "{p99}");
         let ratio = printed.iter().find(|l| l.contains("against /health/live")).expect("the ratio line");
         assert!(ratio.contains("0.20") && ratio.ends_with("NOT reached"), "{ratio}");
+    }
+
+    fn earlier(preload: u64, p99s: &[(&str, f64)]) -> Earlier {
+        let runs = p99s
+            .iter()
+            .map(|&(target, p99_ms)| EarlierRun { target: target.into(), connections: 64, p99_ms })
+            .collect();
+        Earlier { preload, runs }
+    }
+
+    #[test]
+    fn the_scale_target_is_the_worst_p99_against_the_median_of_the_baselines() {
+        // The JSON `bench` writes, as read back.
+        let json = r#"{"preload": 10000, "seconds": 10, "runs": [
+            {"target": "mix, sqlite", "connections": 16, "p99_ms": 1.0, "requests_per_s": 5.0},
+            {"target": "mix, sqlite", "connections": 64, "p99_ms": 8.0, "requests_per_s": 5.0}]}"#;
+        let read: Earlier = serde_json::from_str(json).unwrap();
+        let baselines = [read, earlier(10_000, &[("mix, sqlite", 6.0)]), earlier(10_000, &[("mix, sqlite", 100.0)])];
+        // Median of 8, 6 and 100 is 8; the run at 16 connections is not counted. 12 ms is 1.5× exactly.
+        let runs = vec![run("mix, sqlite", 64, 12.0, 50.0, None, None), run("mix, sqlite", 64, 11.0, 50.0, None, None)];
+        let t = scale(&runs, 10_000_000, &baselines).unwrap();
+        assert_eq!(t.len(), 1, "no PostgreSQL runs on either side: {t:?}");
+        let s = find(&t, "sqlite p99 at 10000000 records against 10000 (median of 3), c=64");
+        assert!(s.reached, "{s:?}");
+        assert_eq!(s.measured, "1.50x (12.00 / 8.00 ms)");
+        // The worst run at this pre-load counts: 12.01 ms is over.
+        let worse =
+            vec![run("mix, sqlite", 64, 9.0, 50.0, None, None), run("mix, sqlite", 64, 12.01, 50.0, None, None)];
+        assert!(!scale(&worse, 10_000_000, &baselines).unwrap()[0].reached);
+        // An even number of baselines: the mean of the middle two, (6 + 8) / 2 = 7.
+        let two = scale(&runs, 10_000_000, &baselines[..2]).unwrap();
+        assert_eq!(two[0].measured, "1.71x (12.00 / 7.00 ms)");
+        assert!(!two[0].reached);
+        assert!(scale(&runs, 10_000_000, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn baselines_must_share_a_smaller_preload() {
+        let runs = vec![run("mix, postgres", 64, 10.0, 50.0, None, None)];
+        let mixed = [earlier(10_000, &[("mix, postgres", 8.0)]), earlier(20_000, &[("mix, postgres", 8.0)])];
+        assert!(scale(&runs, 10_000_000, &mixed).unwrap_err().contains("different"));
+        let same = [earlier(10_000_000, &[("mix, postgres", 8.0)])];
+        assert!(scale(&runs, 10_000_000, &same).unwrap_err().contains("not fewer"));
+        let t = scale(&runs, 10_000_000, &[earlier(10_000, &[("mix, postgres", 8.0)])]).unwrap();
+        assert_eq!((t[0].measured.as_str(), t[0].reached), ("1.25x (10.00 / 8.00 ms)", true));
     }
 
     #[test]
