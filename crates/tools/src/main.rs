@@ -255,15 +255,8 @@ fn print(run: &Run) {
 
 fn main() {
     let args = Args::parse();
-    let dir = std::env::temp_dir().join(format!("crm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary folder");
-    let report = dir.join("report.lua");
-    std::fs::write(&report, include_str!("../report.lua")).expect("write report.lua");
-    let mix = dir.join("mix.lua");
-    std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua")))
-        .expect("write mix.lua");
-    // Read (and checked against this run's pre-load) before anything is measured, so a wrong path or an
-    // unfit baseline fails at once rather than after the runs.
+    // Read (and checked against this run's pre-load) first, so that a wrong path or an unfit baseline fails
+    // at once, before the runs and before anything is written.
     let earlier: Vec<targets::Earlier> = args
         .baseline
         .iter()
@@ -275,6 +268,13 @@ fn main() {
     if let Err(e) = targets::scale(&[], args.preload, &earlier) {
         panic!("bench: {e}");
     }
+    let dir = std::env::temp_dir().join(format!("crm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let report = dir.join("report.lua");
+    std::fs::write(&report, include_str!("../report.lua")).expect("write report.lua");
+    let mix = dir.join("mix.lua");
+    std::fs::write(&mix, format!("{}\n{}", include_str!("../mix.lua"), include_str!("../report.lua")))
+        .expect("write mix.lua");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut runs: Vec<Run> = Vec::new();
     let mut mixes: Vec<Value> = Vec::new();

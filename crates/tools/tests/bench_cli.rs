@@ -1,23 +1,28 @@
 //! `bench --baseline`: earlier results that cannot be compared with this run stop it before it measures.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
 
 fn bench(baseline: &str, preload: &str) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!("bench-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(BENCH)
+    let child = Command::new(BENCH)
         .args(["--stores", "sqlite", "--connections", "16", "--seconds", "1", "--preload", preload])
         .args(["--baseline", baseline])
         .arg("--json")
         .arg(dir.join("out.json"))
         .arg("--svg")
         .arg(dir.join("out.svg"))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let work = std::env::temp_dir().join(format!("crm-bench-{}", child.id()));
+    let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!dir.join("out.json").exists(), "nothing was measured or written: {text}");
+    assert!(!work.exists(), "no working folder was left behind: {text}");
     (out.status.success(), text)
 }
 
