@@ -212,8 +212,14 @@ mod tests {
             {"target": "mix, sqlite", "connections": 64, "p99_ms": 8.0, "requests_per_s": 5.0}]}"#;
         let read: Earlier = serde_json::from_str(json).unwrap();
         let baselines = [read, earlier(10_000, &[("mix, sqlite", 6.0)]), earlier(10_000, &[("mix, sqlite", 100.0)])];
-        // Median of 8, 6 and 100 is 8; the run at 16 connections is not counted. 12 ms is 1.5× exactly.
-        let runs = vec![run("mix, sqlite", 64, 12.0, 50.0, None, None), run("mix, sqlite", 64, 11.0, 50.0, None, None)];
+        // Median of 8, 6 and 100 is 8; the runs at 16 connections, and of other targets, are not counted, on
+        // either side. 12 ms is 1.5× exactly.
+        let runs = vec![
+            run("mix, sqlite", 64, 12.0, 50.0, None, None),
+            run("mix, sqlite", 64, 11.0, 50.0, None, None),
+            run("mix, sqlite", 16, 40.0, 50.0, None, None),
+            run("service /health/live", 64, 30.0, 50.0, None, None),
+        ];
         let t = scale(&runs, 10_000_000, &baselines).unwrap();
         assert_eq!(t.len(), 1, "no PostgreSQL runs on either side: {t:?}");
         let s = find(&t, "sqlite p99 at 10000000 records against 10000 (median of 3), c=64");
