@@ -47,3 +47,22 @@ async fn connections_the_server_closed_while_idle_are_not_used() {
     let reused = store.create(&request(CustomerType::Ntb, "079200000000", "CREDIT_CARD", "RM001"), &ctx("c")).await;
     assert_eq!(reused.unwrap().result, CreateResult::Existing);
 }
+
+/// A server setting asked for in the store's URL (`options[NAME]=VALUE`, sqlx's form of libpq's `options`)
+/// reaches the service's sessions beside the settings the adapter adds itself: the README's way of having
+/// the service's own log compressed (`wal_compression`) without changing the whole server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_in_the_url_reach_the_sessions_beside_the_adapters_own() {
+    let db = ScratchDb::create("crm_pool_options").await;
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let store = PgStore::open(PgConfig::new(format!("{}{sep}options[wal_compression]=lz4", db.url))).await.unwrap();
+    let created = store.create(&request(CustomerType::Ntb, "079200000002", "CREDIT_CARD", "RM001"), &ctx("d")).await;
+    assert_eq!(created.unwrap().result, CreateResult::Created);
+    let (compression, counts): (String, String) =
+        sqlx::query_as("SELECT current_setting('wal_compression'), current_setting('crm.counts_by_writer')")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(compression, "lz4");
+    assert_eq!(counts, "on", "the adapter's own setting is still there");
+}
