@@ -420,6 +420,72 @@ mod tests {
     }
 
     #[test]
+    fn masks_keep_the_ends_and_star_the_middle() {
+        // Exact forms: a mask that printed nothing, or kept a character more, would still hide the raw
+        // value from the test above, but not be the mask the logs are read with.
+        let id = IdNumber::parse("079123456789").unwrap();
+        assert_eq!((format!("{id}"), format!("{id:?}")), ("07********89".into(), "IdNumber(07********89)".into()));
+        // At most keep * 2 + 2 characters: all starred, so no more than half of a short value shows.
+        assert_eq!(IdNumber::parse("ABCDEF").unwrap().to_string(), "******");
+        assert_eq!(IdNumber::parse("ABCDEFG").unwrap().to_string(), "AB***FG");
+        assert_eq!(Cif::parse("C123").unwrap().to_string(), "****");
+        assert_eq!(Cif::parse("C1234").unwrap().to_string(), "C***4");
+        assert_eq!(Email::parse("a@b.vn").unwrap().to_string(), "a****n");
+        assert_eq!(FullName::parse("Nguyen Van A").unwrap().to_string(), "************", "a name keeps nothing");
+        assert_eq!(FullName::parse("An").unwrap().to_string(), "**");
+        assert_eq!(Phone::parse("+84901234567").unwrap().to_string(), "+8********67");
+        // Characters, not bytes.
+        assert_eq!(FullName::parse("Đặng").unwrap().to_string(), "****");
+        assert_eq!(IdNumber::from_stored(String::new()).to_string(), "*", "even nothing prints as something");
+
+        let key = Matching::IdNumberAndProduct.key(&id, &Product::parse("CARD").unwrap());
+        assert_eq!(key.expose(), "079123456789/CARD");
+        assert_eq!(format!("{key:?}"), "MatchKey(07*************RD)");
+        let widened = Matching::IdNumber.key(&id, &Product::parse("CARD").unwrap());
+        assert_eq!(widened.expose(), "079123456789");
+    }
+
+    /// `parse` takes 1..=`max` characters (of any width) and refuses an empty value and one more.
+    fn bounded<T>(parse: fn(&str) -> Result<T, Invalid>, max: usize, what: &str) {
+        assert!(parse("x").is_ok(), "{what}: one character is the least");
+        assert!(parse("").is_err(), "{what}: empty");
+        assert!(parse(&"x".repeat(max)).is_ok(), "{what}: {max} characters");
+        assert!(parse(&"é".repeat(max)).is_ok(), "{what}: {max} characters of two bytes each");
+        assert!(parse(&"x".repeat(max + 1)).is_err(), "{what}: {} characters", max + 1);
+    }
+
+    #[test]
+    fn lengths_are_inclusive_and_counted_in_characters() {
+        bounded(Product::parse, 64, "product");
+        bounded(OwnerId::parse, 64, "ownerId");
+        bounded(Channel::parse, 64, "channel");
+        bounded(JourneyId::parse, 128, "journeyId");
+        bounded(Reason::parse, 255, "reason");
+        bounded(Cif::parse, 32, "cif");
+        bounded(FullName::parse, 200, "fullName");
+    }
+
+    #[test]
+    fn wire_names_are_the_specs_and_read_back() {
+        // Statuses: tests/rules.rs.
+        for (value, wire) in [(CustomerType::Ntb, "NTB"), (CustomerType::Etb, "ETB")] {
+            assert_eq!((value.as_str(), CustomerType::parse(wire)), (wire, Ok(value)));
+        }
+        for (value, wire) in [(RecordType::Lead, "LEAD"), (RecordType::Opportunity, "OPPORTUNITY")] {
+            assert_eq!((value.as_str(), RecordType::parse(wire)), (wire, Ok(value)));
+        }
+        for (value, wire) in
+            [(Matching::IdNumberAndProduct, "id_number_and_product"), (Matching::IdNumber, "id_number")]
+        {
+            assert_eq!((value.as_str(), Matching::parse(wire)), (wire, Ok(value)));
+        }
+        // Exact spellings only: the SPEC's, not a case-folded or padded one.
+        assert!(CustomerType::parse("ntb").is_err() && CustomerType::parse(" NTB").is_err());
+        assert!(RecordType::parse("Lead").is_err() && RecordType::parse("").is_err());
+        assert!(Matching::parse("ID_NUMBER").is_err() && Matching::parse("product").is_err());
+    }
+
+    #[test]
     fn widened_matching_ignores_product() {
         let id = IdNumber::parse("X1").unwrap();
         let a = Product::parse("CARD").unwrap();

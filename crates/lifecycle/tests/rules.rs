@@ -109,6 +109,12 @@ fn close_lost_transitions() {
 }
 
 #[test]
+fn create_results_wire_names() {
+    let names = [CreateResult::Created, CreateResult::Replaced, CreateResult::Existing].map(CreateResult::as_str);
+    assert_eq!(names, ["CREATED", "REPLACED", "EXISTING"]);
+}
+
+#[test]
 fn status_wire_names_and_openness() {
     let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
     assert_eq!(names, ["New Lead", "New Opportunity", "Close Won", "Close Lost"]);
