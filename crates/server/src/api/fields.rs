@@ -268,7 +268,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::Json;
+    use super::{Fields, Json};
 
     /// Whether `json` holds what `value` does, as far as the fields read it.
     fn mirrors(json: &Json<'_>, value: &Value) -> bool {
@@ -296,6 +296,46 @@ mod tests {
         assert!(json.get("z").is_some_and(Json::is_null));
         assert_eq!(json.get("missing"), None);
         assert_eq!(Json::parse(b"[1]").unwrap().get("a"), None, "not an object");
+    }
+
+    /// The (field, message) pairs `fields` has recorded.
+    fn problems(fields: &Fields) -> Vec<(&str, &str)> {
+        fields.errors.iter().map(|e| (e.field.as_str(), e.message.as_str())).collect()
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_named_as_such() {
+        for text in [&b"[1]"[..], b"null", b"\"x\"", b"1", b"true"] {
+            let body = Json::parse(text).unwrap();
+            let mut fields = Fields::default();
+            let root = fields.root(&body);
+            assert!(!Fields::present(root, "leadId"));
+            assert_eq!(problems(&fields), [("body", "must be a JSON object")], "{}", String::from_utf8_lossy(text));
+        }
+        let body = Json::parse(b"{}").unwrap();
+        let mut fields = Fields::default();
+        fields.root(&body);
+        assert!(fields.finish().is_ok(), "an empty object is an object");
+    }
+
+    #[test]
+    fn optional_booleans_and_presence() {
+        let body = Json::parse(br#"{"yes":true,"no":false,"gone":null,"word":"true","one":1,"id":"L1"}"#).unwrap();
+        let mut fields = Fields::default();
+        let root = fields.root(&body);
+        assert_eq!(fields.optional_bool(root, "yes"), Some(Some(true)));
+        assert_eq!(fields.optional_bool(root, "no"), Some(Some(false)));
+        assert_eq!(fields.optional_bool(root, "gone"), Some(None), "null is absent");
+        assert_eq!(fields.optional_bool(root, "missing"), Some(None));
+        assert!(problems(&fields).is_empty());
+        assert_eq!(fields.optional_bool(root, "word"), None, "a string is not a boolean");
+        assert_eq!(fields.optional_bool(root, "one"), None);
+        assert_eq!(problems(&fields), [("word", "must be true or false"), ("one", "must be true or false")]);
+
+        assert!(Fields::present(root, "id") && Fields::present(root, "no"), "false is a value");
+        assert!(!Fields::present(root, "gone") && !Fields::present(root, "missing"));
+        let nested = fields.object(root, "id", "x.");
+        assert!(!Fields::present(nested, "id"), "not an object: nothing is present in it");
     }
 
     proptest! {
