@@ -422,4 +422,19 @@ mod tests {
             "postgres://u@h/db?password=***&sslmode=require"
         );
     }
+
+    #[test]
+    fn redaction_takes_any_text_and_hides_the_whole_password() {
+        // A password holding `@` or `:`: everything up to the last `@` after the scheme is hidden.
+        assert_eq!(super::redact("postgres://u:p@ss:w@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("postgres://u:s@h/db?PassWord=x"), "postgres://u:***@h/db?PassWord=***");
+        // Error messages pass through it too: an `@` before any `://` is left alone, and nothing panics.
+        assert_eq!(
+            super::redact("mail admin@example.com about postgres://h/db"),
+            "mail admin@example.com about postgres://h/db"
+        );
+        assert_eq!(super::redact("a@b://c"), "a@b://c");
+        assert_eq!(super::redact(""), "");
+        assert_eq!(super::redact("?"), "?");
+    }
 }
