@@ -62,6 +62,7 @@ pub fn parse_create(body: &Json<'_>) -> Result<CreateRequest, ApiError> {
 }
 
 /// A validated close-won request.
+#[derive(Debug)]
 pub struct CloseWonCommand {
     pub record_type: RecordType,
     pub id: RecordId,
@@ -139,7 +140,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-    use super::{CloseLostCommand, CloseWonCommand, CreateRequest, CustomerType, IdNumber, Product};
+    use super::{CloseLostCommand, CloseWonCommand, CreateRequest, CustomerType, IdNumber, Product, RecordType};
     use crate::api::error::ApiError;
     use crate::api::fields::Json;
 
@@ -258,6 +259,40 @@ mod tests {
             }
             prop_assert_eq!(errors(parse_create(&body).unwrap_err()), vec![field.to_owned()]);
         }
+    }
+
+    #[test]
+    fn an_etb_customer_needs_a_cif_and_an_ntb_one_does_not() {
+        let mut etb = valid_create();
+        etb["customer"].as_object_mut().unwrap().remove("cif");
+        assert_eq!(errors(parse_create(&etb).unwrap_err()), ["customer.cif"]);
+        etb["customer"]["cif"] = Value::Null;
+        assert_eq!(errors(parse_create(&etb).unwrap_err()), ["customer.cif"], "null is absent");
+        let mut ntb = etb.clone();
+        ntb["customerType"] = json!("NTB");
+        let r = parse_create(&ntb).unwrap();
+        assert_eq!((r.customer_type, r.customer.cif), (CustomerType::Ntb, None));
+    }
+
+    #[test]
+    fn close_won_names_exactly_one_record_and_converts_leads_unless_told_not_to() {
+        let won = |v: Value| parse_close_won(&v);
+        let c = won(json!({"leadId": "L-1", "channel": "APP"})).unwrap();
+        assert_eq!((c.record_type, c.id.as_str(), c.convert), (RecordType::Lead, "L-1", true));
+        let c = won(json!({"leadId": "L-1", "channel": "APP", "convertToOpportunity": false})).unwrap();
+        assert!(!c.convert);
+        let c = won(json!({"opportunityId": "O-1", "channel": "APP", "convertToOpportunity": null})).unwrap();
+        assert_eq!((c.record_type, c.id.as_str()), (RecordType::Opportunity, "O-1"));
+        for convert in [true, false] {
+            let body = json!({"opportunityId": "O-1", "channel": "APP", "convertToOpportunity": convert});
+            assert_eq!(errors(won(body).unwrap_err()), ["convertToOpportunity"], "an opportunity is not converted");
+        }
+        let both = json!({"leadId": "L-1", "opportunityId": "O-1", "channel": "APP"});
+        assert_eq!(errors(won(both).unwrap_err()), ["leadId", "opportunityId"]);
+        assert_eq!(errors(won(json!({"channel": "APP"})).unwrap_err()), ["leadId", "opportunityId"]);
+        let nulls = json!({"leadId": null, "opportunityId": null, "channel": "APP"});
+        assert_eq!(errors(won(nulls).unwrap_err()), ["leadId", "opportunityId"]);
+        assert_eq!(errors(won(json!(["L-1"])).unwrap_err()), ["body"], "not an object: said once");
     }
 
     #[test]
