@@ -273,6 +273,25 @@ mod tests {
     }
 
     #[test]
+    fn the_canonical_text_sorts_keys_at_every_level_and_keeps_array_order() {
+        let v: Value =
+            serde_json::from_slice(br#"{ "b": [3, {"z": 1, "y": "\u00e9"}, []], "a": {}, "c": null }"#).unwrap();
+        let mut text = String::new();
+        canonical(&v, &mut text);
+        assert_eq!(text, r#"{"a":{},"b":[3,{"y":"é","z":1},[]],"c":null}"#);
+    }
+
+    #[test]
+    fn only_answers_that_say_what_happened_are_kept() {
+        for kept in [200, 201, 400, 404, 409, 413, 415, 422] {
+            assert!(keep(StatusCode::from_u16(kept).unwrap()), "{kept}");
+        }
+        for not_kept in [408, 429, 500, 502, 503, 504] {
+            assert!(!keep(StatusCode::from_u16(not_kept).unwrap()), "{not_kept}");
+        }
+    }
+
+    #[test]
     fn key_rules() {
         assert!(valid(&HeaderValue::from_static("abc-123 ~!")).is_some());
         assert!(valid(&HeaderValue::from_static("")).is_none());
