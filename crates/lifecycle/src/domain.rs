@@ -425,7 +425,7 @@ mod tests {
         // value from the test above, but not be the mask the logs are read with.
         let id = IdNumber::parse("079123456789").unwrap();
         assert_eq!((format!("{id}"), format!("{id:?}")), ("07********89".into(), "IdNumber(07********89)".into()));
-        // At most keep * 2 + 2 characters: all starred, so no more than half of a short value shows.
+        // Up to keep * 2 + 2 characters the whole value is starred; past that, the first and last `keep` show.
         assert_eq!(IdNumber::parse("ABCDEF").unwrap().to_string(), "******");
         assert_eq!(IdNumber::parse("ABCDEFG").unwrap().to_string(), "AB***FG");
         assert_eq!(Cif::parse("C123").unwrap().to_string(), "****");
