@@ -656,4 +656,110 @@ mod tests {
         let e = Settings::load(&o).unwrap_err().to_string();
         assert!(e.contains("--config") && e.contains("lisen"), "{e}");
     }
+
+    /// Each number a setting takes is checked at both ends: 0 and one past its most are refused naming the
+    /// setting, 1 and its most are taken as given.
+    #[test]
+    fn every_number_is_bounded_at_both_ends_and_named_when_refused() {
+        type Set = fn(&mut Overrides, u64);
+        type Get = fn(&Settings) -> u64;
+        let cases: [(&str, u64, Set, Get); 12] = [
+            ("sqlite_max_batch", 10_000, |o, v| o.sqlite_max_batch = Some(v as usize), |s| s.sqlite_max_batch as u64),
+            (
+                "postgres_max_connections",
+                1000,
+                |o, v| o.postgres_max_connections = Some(v as u32),
+                |s| s.postgres_max_connections as u64,
+            ),
+            (
+                "postgres_max_batch",
+                1000,
+                |o, v| o.postgres_max_batch = Some(v as usize),
+                |s| s.postgres_max_batch as u64,
+            ),
+            ("postgres_batches", 1000, |o, v| o.postgres_batches = Some(v as usize), |s| s.postgres_batches as u64),
+            (
+                "request_timeout_ms",
+                3_600_000,
+                |o, v| o.request_timeout_ms = Some(v),
+                |s| s.request_timeout.as_millis() as u64,
+            ),
+            (
+                "shutdown_grace_ms",
+                3_600_000,
+                |o, v| o.shutdown_grace_ms = Some(v),
+                |s| s.shutdown_grace.as_millis() as u64,
+            ),
+            (
+                "header_read_timeout_ms",
+                3_600_000,
+                |o, v| o.header_read_timeout_ms = Some(v),
+                |s| s.header_read_timeout.as_millis() as u64,
+            ),
+            ("idle_timeout_ms", 3_600_000, |o, v| o.idle_timeout_ms = Some(v), |s| s.idle_timeout.as_millis() as u64),
+            ("max_connections", 1_000_000, |o, v| o.max_connections = Some(v as usize), |s| s.max_connections as u64),
+            (
+                "idempotency_ttl_secs",
+                2_592_000,
+                |o, v| o.idempotency_ttl_secs = Some(v),
+                |s| s.idempotency_ttl.as_secs(),
+            ),
+            ("max_in_flight", 1_000_000, |o, v| o.max_in_flight = Some(v as usize), |s| s.max_in_flight as u64),
+            (
+                "postgres_acquire_timeout_ms",
+                600_000,
+                |o, v| o.postgres_acquire_timeout_ms = Some(v),
+                |s| s.postgres_acquire_timeout.as_millis() as u64,
+            ),
+        ];
+        for (name, most, set, get) in cases {
+            for good in [1, most] {
+                let mut o = Overrides::default();
+                set(&mut o, good);
+                let s = Settings::load(&o).unwrap_or_else(|e| panic!("{name} = {good}: {e}"));
+                assert_eq!(get(&s), good, "{name} = {good} is taken as given");
+            }
+            for bad in [0, most + 1] {
+                let mut o = Overrides::default();
+                set(&mut o, bad);
+                let e = Settings::load(&o).expect_err(name).to_string();
+                assert!(e.starts_with(&format!("invalid setting {name} ")), "{name} = {bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn rates_log_formats_and_store_urls() {
+        let load = |o: Overrides| Settings::load(&o);
+        let rate = |r: Option<u32>, b: Option<u32>| Overrides {
+            rate_limit_per_second: r,
+            rate_limit_burst: b,
+            ..Default::default()
+        };
+        let limit = |s: Settings| s.rate_limit.map(|(r, b)| (r.get(), b.get()));
+        assert_eq!(limit(load(rate(None, None)).unwrap()), None);
+        assert_eq!(limit(load(rate(Some(5), None)).unwrap()), Some((5, 5)), "the burst defaults to the rate");
+        assert_eq!(limit(load(rate(Some(5), Some(20))).unwrap()), Some((5, 20)));
+        for (r, b, named) in [
+            (Some(0), None, "rate_limit_per_second"),
+            (Some(5), Some(0), "rate_limit_burst"),
+            (None, Some(5), "rate_limit_burst"),
+        ] {
+            let e = load(rate(r, b)).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid setting {named}:")), "{e}");
+        }
+
+        let format = |f: &str| load(Overrides { log_format: Some(f.into()), ..Default::default() });
+        assert_eq!(format("json").unwrap().log_format, LogFormat::Json);
+        assert_eq!(format("compact").unwrap().log_format, LogFormat::Compact);
+        assert!(format("JSON").unwrap_err().to_string().contains("must be json or compact"));
+
+        assert_eq!(StoreUrl::parse("sqlite:crm.db"), Ok(StoreUrl::Sqlite("crm.db".into())));
+        assert!(StoreUrl::parse("sqlite://").is_err() && StoreUrl::parse("sqlite:").is_err());
+        assert_eq!(StoreUrl::parse("postgresql://h/db"), Ok(StoreUrl::Postgres("postgresql://h/db".into())));
+        assert_eq!(StoreUrl::parse("salesforce"), Ok(StoreUrl::Salesforce));
+        assert!(StoreUrl::parse("Salesforce").is_err());
+        let pg = StoreUrl::parse("postgres://u:secret@h/db").unwrap();
+        assert_eq!(format!("{pg:?}"), "postgres://u:***@h/db", "Debug hides the password");
+    }
 }
