@@ -98,7 +98,10 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::String(Cow::Owned(s)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        // Each element read as a document, not skipped with `IgnoredAny`: serde_json's skipping scans numbers
+        // with a parser of its own, whose errors read differently from `Value`'s ("invalid number" where
+        // `Value` says "EOF while parsing a value", for `[0e`). No field of a request is an array.
+        while seq.next_element::<Json<'de>>()?.is_some() {}
         Ok(Json::Array)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
