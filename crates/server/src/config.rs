@@ -762,4 +762,50 @@ mod tests {
         let pg = StoreUrl::parse("postgres://u:secret@h/db").unwrap();
         assert_eq!(format!("{pg:?}"), "postgres://u:***@h/db", "Debug hides the password");
     }
+
+    #[test]
+    fn salesforce_keys_come_from_their_variables_over_the_file() {
+        let vars = [
+            ("CRM_SALESFORCE_INSTANCE_URL", "https://bank.my.salesforce.com"),
+            ("CRM_SALESFORCE_FIELDS_ID_NUMBER", "National_Id__c"),
+            ("CRM_SALESFORCE_TIMEOUT_MS", " 2500 "),
+            ("CRM_SALESFORCE_PRIVATE_KEY_FILE", "/keys/sf.pem"),
+        ];
+        let var = |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+        let mut s = SalesforceSection { api_version: Some("v61.0".into()), ..Default::default() };
+        assert!(salesforce_from_env(&mut s, var).unwrap(), "some variable was set");
+        assert_eq!(s.instance_url.as_deref(), Some("https://bank.my.salesforce.com"));
+        assert_eq!(s.fields.id_number.as_deref(), Some("National_Id__c"));
+        assert_eq!(s.timeout_ms, Some(2500));
+        assert_eq!(s.private_key_file, Some(PathBuf::from("/keys/sf.pem")));
+        assert_eq!(s.api_version.as_deref(), Some("v61.0"), "the file's value stays where no variable is set");
+
+        assert!(!salesforce_from_env(&mut SalesforceSection::default(), |_| None).unwrap(), "none set");
+        let three = |name: &str| (name == "CRM_SALESFORCE_MAX_ATTEMPTS").then(|| "three".to_owned());
+        let e = salesforce_from_env(&mut SalesforceSection::default(), three).unwrap_err().to_string();
+        assert!(e.starts_with("invalid setting CRM_SALESFORCE_MAX_ATTEMPTS: \"three\""), "{e}");
+    }
+
+    #[test]
+    fn a_reporting_key_in_the_file_keeps_its_role() {
+        // A key whose role were dropped would get the default, a channel's: the lifecycle operations.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let hash = "ab".repeat(32);
+        std::fs::write(
+            &file,
+            format!(
+                "[[api_keys]]\nchannel = \"BI\"\nsha256 = \"{hash}\"\nrole = \"reporting\"\n\
+                 [[api_keys]]\nchannel = \"MOBILE_APP\"\nsha256 = \"{hash}\"\n"
+            ),
+        )
+        .unwrap();
+        let s = Settings::load(&Overrides { config: Some(file.clone()), ..Default::default() }).unwrap();
+        let roles: Vec<_> = s.api_keys.0.iter().map(|k| (k.channel.as_str().to_owned(), k.role)).collect();
+        assert_eq!(roles, [("BI".to_owned(), Role::Reporting), ("MOBILE_APP".to_owned(), Role::Channel)]);
+        std::fs::write(&file, format!("[[api_keys]]\nchannel = \"BI\"\nsha256 = \"{hash}\"\nrole = \"admin\"\n"))
+            .unwrap();
+        let e = Settings::load(&Overrides { config: Some(file), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.starts_with("invalid setting api_keys:"), "{e}");
+    }
 }
